@@ -1,0 +1,49 @@
+"""Write ``run_record.json`` (config, versions, git commit, dataset fingerprints) into the run
+directory at fit start, and store the same record inside every checkpoint."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.utilities import rank_zero_only
+
+from em_lightning import provenance
+
+log = logging.getLogger(__name__)
+
+
+class RunRecord(pl.Callback):
+    def __init__(self, out_dir: str, run_config: dict | None = None) -> None:
+        self.out_dir = Path(out_dir)
+        self.config = run_config
+        self.record: dict[str, Any] = {}
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.record:
+            return
+        datasets = getattr(trainer.datamodule, "datasets", {}) if trainer.datamodule else {}
+        self.record = {
+            "config": self.config,
+            "packages": provenance.package_versions(),
+            "git": provenance.git_commit(Path(__file__).parent),
+            "data_root": getattr(trainer.datamodule, "root", None),
+            "dataset_fingerprints": {
+                split: provenance.fingerprint_files(provenance.dataset_files(ds))
+                for split, ds in datasets.items()},
+        }
+        self._write()
+
+    @rank_zero_only
+    def _write(self) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        path = self.out_dir / "run_record.json"
+        path.write_text(json.dumps(self.record, indent=2, sort_keys=True, default=str))
+        log.info("run record written to %s", path)
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict) -> None:
+        checkpoint["em_lightning_record"] = json.loads(json.dumps(self.record, default=str))

@@ -1,0 +1,84 @@
+"""Evaluate a checkpoint: ``python -m em_lightning.evaluate task=... ckpt_path=...``.
+
+Prints the per-class table, writes ``metrics.json``, COCO-format predictions
+(``predictions/<split>.bbox.json`` / ``.segm.json``) and overlay PNGs to the run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from em_lightning.callbacks import PredictionOverlays
+from em_lightning.evaluation import DetectionEvaluator
+from em_lightning.models.builder import load_checkpoint_file
+from em_lightning.registry import register_all_modules
+
+log = logging.getLogger(__name__)
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def format_table(metrics: dict[str, float], classes: list[str], kinds: list[str]) -> str:
+    """Per-class AP table (rows: classes, columns: metric kinds) plus the overall numbers."""
+    head = f"{'class':20s}" + "".join(f"{k + ' AP':>12s}" for k in kinds)
+    rows = [head, "-" * len(head)]
+    for cls in classes:
+        cells = []
+        for kind in kinds:
+            key = f"{cls}_dota_AP50" if kind == "dota" else f"{cls}_{kind}_AP"
+            cells.append(f"{metrics.get(key, float('nan')):12.3f}")
+        rows.append(f"{cls:20s}" + "".join(cells))
+    overall = []
+    for kind in kinds:
+        keys = ["dota_AP50"] if kind == "dota" else [f"{kind}_mAP", f"{kind}_mAP_50",
+                                                        f"{kind}_mAP_75"]
+        overall += [f"{k}={metrics[k]:.3f}" for k in keys if k in metrics]
+    return "\n".join(rows + ["", "  ".join(overall)])
+
+
+def evaluate(cfg: DictConfig) -> dict[str, dict[str, float]]:
+    register_all_modules()
+    pl.seed_everything(cfg.seed, workers=True)
+    out_dir = Path(cfg.paths.output_dir)
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    model = instantiate(cfg.model)
+    state = load_checkpoint_file(cfg.ckpt_path)
+    model.load_state_dict(state)
+    trainer = pl.Trainer(accelerator=cfg.trainer.accelerator, devices=1, logger=False,
+                         enable_checkpointing=False, default_root_dir=str(out_dir),
+                         callbacks=[PredictionOverlays(str(out_dir / "overlays"),
+                                                       cfg.score_thr)])
+    loaders = {"val": datamodule.val_dataloader, "test": datamodule.test_dataloader,
+               "train": datamodule.train_eval_dataloader}
+    results: dict[str, dict[str, float]] = {}
+    for split in cfg.splits:
+        if split == "val":
+            datamodule.setup("validate")
+        model._evaluators[split] = DetectionEvaluator(
+            model.metric_kinds, model.classes, outfile_prefix=out_dir / "predictions" / split)
+        model.eval_split = split
+        trainer.validate(model, dataloaders=loaders[split](), verbose=False)
+        results[split] = dict(model.last_metrics)
+        print(f"\n== {cfg.task_name}: {split} split, checkpoint {cfg.ckpt_path}\n"
+              + format_table(results[split], model.classes, model.metric_kinds))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(
+        {"checkpoint": str(cfg.ckpt_path), "metrics": results}, indent=2, sort_keys=True))
+    log.info("metrics and predictions written to %s", out_dir)
+    return results
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

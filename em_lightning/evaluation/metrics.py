@@ -1,0 +1,146 @@
+"""Evaluation of detections on a whole split, reusing OpenMMLab's metrics.
+
+mmdet's ``CocoMetric`` (bbox, segm) and mmrotate's ``RotatedCocoMetric`` (COCO AP with rotated IoU)
+run pycocotools; ``mmengine`` gathers their per-rank results before computing (so DDP sees ALL
+images). mmrotate's ``DOTAMetric`` always opens a 4-process spawn pool per evaluation, so the
+DOTA/VOC AP50 here calls its per-image ``tpfp_default`` in-process instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from em_lightning.registry import register_all_modules
+
+log = logging.getLogger(__name__)
+
+#: metric name -> COCO iou type, per task kind
+COCO_KINDS = {"bbox": "bbox", "segm": "segm", "rbox": "bbox"}
+
+
+def _dota_metric_class() -> type:
+    register_all_modules()
+    from mmdet.evaluation.functional import average_precision
+    from mmrotate.evaluation.functional.mean_ap import get_cls_results, tpfp_default
+    from mmrotate.evaluation.metrics import DOTAMetric
+
+    class InProcessDOTAMetric(DOTAMetric):
+        """DOTA (VOC07 11-point) AP at one IoU, computed without a process pool."""
+
+        def compute_metrics(self, results: list) -> dict[str, float]:
+            gts, preds = zip(*results)
+            dets = [p["pred_bbox_scores"] for p in preds]
+            out: dict[str, float] = {}
+            aps = []
+            for label, name in enumerate(self.dataset_meta["classes"]):
+                cls_dets, cls_gts, cls_ignore = get_cls_results(dets, list(gts), label, "rbox")
+                tp, fp = [], []
+                for d, g, gi in zip(cls_dets, cls_gts, cls_ignore):
+                    t, f = tpfp_default(d, g, gi, self.iou_thrs[0], "rbox", None)
+                    tp.append(t)
+                    fp.append(f)
+                num_gts = sum(g.shape[0] for g in cls_gts)
+                all_dets = np.vstack(cls_dets)
+                order = np.argsort(-all_dets[:, -1])
+                tp_c = np.cumsum(np.hstack(tp)[0, order])
+                fp_c = np.cumsum(np.hstack(fp)[0, order])
+                eps = np.finfo(np.float32).eps
+                recall = tp_c / max(num_gts, eps)
+                precision = tp_c / np.maximum(tp_c + fp_c, eps)
+                mode = "11points" if self.use_07_metric else "area"
+                ap = float(average_precision(recall, precision, mode)) if num_gts else float("nan")
+                out[f"{name}_precision"] = ap
+                if num_gts:
+                    aps.append(ap)
+            out["mAP"] = float(np.mean(aps)) if aps else 0.0
+            return out
+
+    return InProcessDOTAMetric
+
+
+def build_metric(kind: str, classes: Sequence[str], outfile_prefix: str | None = None) -> Any:
+    """One mmengine metric for ``kind`` in {bbox, segm, rbox, dota}, restricted to ``classes``."""
+    register_all_modules()
+    if kind in ("bbox", "segm"):
+        from mmdet.evaluation import CocoMetric
+
+        metric = CocoMetric(metric=kind, classwise=True, prefix=kind,
+                            outfile_prefix=outfile_prefix)
+    elif kind == "rbox":
+        from mmrotate.evaluation import RotatedCocoMetric
+
+        metric = RotatedCocoMetric(metric="bbox", classwise=True, prefix=kind,
+                                   outfile_prefix=outfile_prefix)
+    elif kind == "dota":
+        metric = _dota_metric_class()(metric="mAP", iou_thrs=[0.5], prefix=kind)
+    else:
+        raise ValueError(f"unknown metric kind {kind!r}; expected bbox, segm, rbox or dota")
+    metric.dataset_meta = {"classes": tuple(classes)}
+    return metric
+
+
+def _rename(kind: str, key: str, classes: Sequence[str]) -> str:
+    """'segm/segm_mAP_50' -> 'segm_mAP_50'; 'segm/hole_precision' -> 'hole_segm_AP'."""
+    name = key.split("/", 1)[-1]
+    for cls in classes:
+        if name == f"{cls}_precision":
+            return f"{cls}_{kind}_AP" if kind != "dota" else f"{cls}_dota_AP50"
+    if kind == "dota":
+        return "dota_AP50" if name == "mAP" else f"dota_{name}"
+    if kind == "rbox":
+        return name.replace("bbox_", "rbox_")
+    return name
+
+
+class DetectionEvaluator:
+    """Collects predictions of one split and computes all of its metrics at once.
+
+    ``process`` takes mmdet ``DetDataSample``s carrying ``pred_instances``, ``gt_instances`` and the
+    raw ``instances`` meta (the GT is converted from them, so skipped/filtered annotations never
+    leak into the metric). ``compute(size)`` gathers across ranks and returns flat floats such as
+    ``segm_mAP``, ``segm_mAP_50``, ``big_vesicle_segm_AP``.
+    """
+
+    def __init__(self, kinds: Sequence[str], classes: Sequence[str],
+                 outfile_prefix: str | Path | None = None) -> None:
+        self.kinds = list(kinds)
+        self.classes = list(classes)
+        self.outfile_prefix = str(outfile_prefix) if outfile_prefix else None
+        self.metrics = {
+            k: build_metric(k, classes, self._prefix_for(k)) for k in self.kinds
+        }
+
+    def _prefix_for(self, kind: str) -> str | None:
+        if self.outfile_prefix is None or kind == "dota":
+            return None
+        Path(self.outfile_prefix).parent.mkdir(parents=True, exist_ok=True)
+        return self.outfile_prefix
+
+    def reset(self) -> None:
+        for metric in self.metrics.values():
+            metric.results.clear()
+            if hasattr(metric, "_coco_api"):
+                metric._coco_api = None  # GT is rebuilt from this split's samples
+                metric.cat_ids = None
+                metric.img_ids = None
+
+    def process(self, data_samples: Sequence[Any]) -> None:
+        samples = [s.to_dict() if hasattr(s, "to_dict") else s for s in data_samples]
+        for metric in self.metrics.values():
+            metric.process({}, samples)
+
+    def compute(self, size: int) -> dict[str, float]:
+        """All metrics over ``size`` samples (padding from distributed samplers is dropped)."""
+        out: dict[str, float] = {}
+        for kind, metric in self.metrics.items():
+            if not metric.results:
+                log.warning("no %s results to evaluate", kind)
+            values = metric.evaluate(size)
+            out.update({_rename(kind, k, self.classes): float(v) for k, v in values.items()})
+        self.reset()
+        return out

@@ -1,0 +1,173 @@
+"""One LightningModule around any mmdet / mmrotate detector.
+
+It does what MMEngine's Runner does for a model, and nothing more: ``init_weights`` after build,
+``data_preprocessor(batch, training)`` before ``forward(mode=...)``, ``parse_losses``. The task
+differences (masks vs rotated boxes, which metric) live in the config: the detector dict and the
+evaluator's metric kinds.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from em_lightning.evaluation import DetectionEvaluator
+from em_lightning.models.builder import (
+    build_detector,
+    load_backbone_weights,
+    load_detector_weights,
+)
+from em_lightning.models.schedules import build_scheduler
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when the loss stays NaN/inf for too many consecutive steps."""
+
+
+class DetectorModule(pl.LightningModule):
+    """Train/validate/predict an OpenMMLab detector inside Lightning.
+
+    Args:
+        detector: OpenMMLab model config dict (``type=mmdet.MaskRCNN`` etc.); ``num_classes`` of
+            every head is set from ``classes``.
+        classes: class names, in label order.
+        optimizer: ``functools.partial`` of a torch optimizer (Hydra ``_partial_: true``).
+        scheduler: warm-up + ``step`` or ``cosine`` decay, see :func:`build_scheduler`.
+        metrics: metric kinds for the evaluator: ``[bbox, segm]`` or ``[rbox, dota]``.
+        monitor: the headline validation metric, e.g. ``segm_mAP``.
+        load_from: full mmdet/mmrotate/em_lightning checkpoint to start from (local path).
+        backbone_checkpoint: ImageNet ResNet weights (torchvision or mmcls naming, local path).
+        max_nonfinite_steps: consecutive NaN/inf losses tolerated (skipped) before stopping.
+        num_overlay_samples: validation samples kept for picture callbacks.
+        scope: OpenMMLab library resolving unprefixed ``type`` names (mmdet or mmrotate).
+    """
+
+    def __init__(
+        self,
+        detector: dict,
+        classes: Sequence[str],
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: dict | None = None,
+        metrics: Sequence[str] = ("bbox",),
+        monitor: str = "bbox_mAP",
+        load_from: str | None = None,
+        backbone_checkpoint: str | None = None,
+        max_nonfinite_steps: int = 5,
+        num_overlay_samples: int = 2,
+        scope: str = "mmdet",
+    ) -> None:
+        super().__init__()
+        self.classes = list(classes)
+        self.detector = build_detector(dict(detector), len(self.classes), scope)
+        if backbone_checkpoint:
+            load_backbone_weights(self.detector, backbone_checkpoint)
+        if load_from:
+            load_detector_weights(self.detector, load_from)
+        self.optimizer_factory = optimizer
+        self.scheduler_cfg = dict(scheduler or {})
+        self.metric_kinds = list(metrics)
+        self.monitor = monitor
+        self.max_nonfinite_steps = max_nonfinite_steps
+        self.num_overlay_samples = num_overlay_samples
+        self.eval_split = "val"
+        self.nonfinite_steps = 0
+        self._consecutive_nonfinite = 0
+        self._evaluators: dict[str, DetectionEvaluator] = {}
+        self._eval_size = 0
+        self.overlay_samples: list[Any] = []
+        self.last_metrics: dict[str, float] = {}
+
+    # ---------------------------------------------------------------- training
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+        data = self.detector.data_preprocessor(batch, training=True)
+        losses = self.detector(**data, mode="loss")
+        loss, log_vars = self.detector.parse_losses(losses)
+        batch_size = len(batch["inputs"])
+        if not torch.isfinite(loss):
+            return self._skip_nonfinite(log_vars, batch)
+        self._consecutive_nonfinite = 0
+        for name, value in log_vars.items():
+            self.log(f"train/{name}", float(value), batch_size=batch_size,
+                     prog_bar=name == "loss")
+        return loss
+
+    def _skip_nonfinite(self, log_vars: dict, batch: dict) -> torch.Tensor | None:
+        """Skip a NaN/inf step (no backward, no optimizer step); stop if it persists."""
+        self.nonfinite_steps += 1
+        self._consecutive_nonfinite += 1
+        paths = [s.metainfo.get("img_path", "?") for s in batch["data_samples"]]
+        bad = {k: float(v) for k, v in log_vars.items() if not math.isfinite(float(v))}
+        log.warning("non-finite loss at step %d (%s) on %s: step skipped (%d so far)",
+                    self.global_step, bad, paths, self.nonfinite_steps)
+        if self._consecutive_nonfinite > self.max_nonfinite_steps:
+            raise NonFiniteLossError(
+                f"loss was NaN/inf for {self._consecutive_nonfinite} consecutive steps "
+                f"(last: {bad}, images {paths}); stopping so no garbage checkpoint is written. "
+                "Lower the learning rate, enable gradient clipping or check the annotations.")
+        if self.trainer is not None and self.trainer.world_size > 1:
+            # every rank must take part in the gradient all-reduce: contribute zeros
+            return sum(p.sum() * 0.0 for p in self.parameters() if p.requires_grad)
+        return None
+
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params=params)
+        if not self.scheduler_cfg:
+            return optimizer
+        total = self.trainer.estimated_stepping_batches if self.trainer else 1000
+        scheduler = build_scheduler(optimizer, total_steps=int(total), **self.scheduler_cfg)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -------------------------------------------------------------- evaluation
+    def evaluator(self, split: str) -> DetectionEvaluator:
+        if split not in self._evaluators:
+            self._evaluators[split] = DetectionEvaluator(self.metric_kinds, self.classes)
+        return self._evaluators[split]
+
+    def predict_samples(self, batch: dict) -> list[Any]:
+        """Predictions (``DetDataSample`` with ``pred_instances``) in original image coordinates."""
+        data = self.detector.data_preprocessor(batch, training=False)
+        return self.detector(**data, mode="predict")
+
+    def on_validation_epoch_start(self) -> None:
+        self.evaluator(self.eval_split).reset()
+        self.overlay_samples = []
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        samples = self.predict_samples(batch)
+        self.evaluator(self.eval_split).process(samples)
+        if len(self.overlay_samples) < self.num_overlay_samples:
+            keep = self.num_overlay_samples - len(self.overlay_samples)
+            self.overlay_samples.extend(s.cpu() for s in samples[:keep])
+
+    def on_validation_epoch_end(self) -> None:
+        size = self._split_size()
+        metrics = self.evaluator(self.eval_split).compute(size)
+        self.last_metrics = metrics
+        prefix = self.eval_split
+        for name, value in metrics.items():
+            self.log(f"{prefix}/{name}", value, prog_bar=name == self.monitor,
+                     sync_dist=False, rank_zero_only=False)
+
+    def _split_size(self) -> int:
+        """Number of samples in the evaluated split (before distributed padding)."""
+        loaders = self.trainer.val_dataloaders if self.trainer else None
+        if isinstance(loaders, list):
+            loaders = loaders[0]
+        return len(loaders.dataset) if loaders is not None else 0
+
+    def predict_step(self, batch: dict, batch_idx: int) -> list[Any]:
+        return [s.cpu() for s in self.predict_samples(batch)]
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device,
+                                 dataloader_idx: int) -> Any:
+        """The detector's data preprocessor moves (and pads/normalises) batches itself."""
+        return batch

@@ -1,0 +1,51 @@
+"""Build the objects a config describes (data, model, callbacks, loggers, trainer)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+def resolved(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)  # type: ignore
+
+
+def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
+    out = []
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if node is None:
+            continue
+        kwargs = {"run_config": resolved(cfg)} if name == "run_record" else {}
+        out.append(instantiate(node, **kwargs))
+    return out
+
+
+def build_loggers(cfg: DictConfig) -> list[Any]:
+    return [instantiate(node) for node in (cfg.get("logger") or {}).values() if node]
+
+
+def build_trainer(cfg: DictConfig) -> pl.Trainer:
+    return instantiate(cfg.trainer, callbacks=build_callbacks(cfg), logger=build_loggers(cfg)
+                       or False)
+
+
+def finish_loggers(trainer: pl.Trainer) -> None:
+    """Close W&B runs so each job of a multirun sweep is its own run."""
+    for logger in trainer.loggers:
+        experiment = getattr(logger, "_experiment", None)
+        if experiment is not None and hasattr(experiment, "finish"):
+            experiment.finish()
+
+
+def as_float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan

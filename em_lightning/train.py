@@ -1,0 +1,78 @@
+"""Train a detector: ``python -m em_lightning.train task=vesicles|nanorods [overrides]``.
+
+Without ``data.root`` pointing at a dataset, the task's demo dataset is generated first.
+Outputs (checkpoints, metrics.json, overlays, W&B offline run, CSV log, run record) go to
+``outputs/<task>/runs/<time>/``. Returns the optimized metric to Hydra sweepers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from em_lightning.registry import register_all_modules
+from em_lightning.runner import as_float, build_trainer, finish_loggers
+
+log = logging.getLogger(__name__)
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def evaluate_split(trainer: pl.Trainer, model: pl.LightningModule, loader: object,
+                   split: str, ckpt_path: str | None) -> dict[str, float]:
+    """Validate ``model`` on ``loader`` logging under ``<split>/``; returns the metrics."""
+    model.eval_split = split
+    try:
+        trainer.validate(model, dataloaders=loader, ckpt_path=ckpt_path, verbose=False)
+    finally:
+        model.eval_split = "val"
+    return {f"{split}/{k}": v for k, v in model.last_metrics.items()}
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit, then evaluate the best checkpoint on val and (optionally) train; write metrics.json."""
+    register_all_modules()
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model)
+    trainer = build_trainer(cfg)
+    out_dir = Path(cfg.paths.output_dir)
+    try:
+        if cfg.train:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+            best = trainer.checkpoint_callback.best_model_path if \
+                trainer.checkpoint_callback else ""
+            ckpt = best or None
+        else:
+            ckpt = cfg.get("ckpt_path")
+            datamodule.prepare_data()
+        datamodule.setup("validate")
+        metrics = evaluate_split(trainer, model, datamodule.val_dataloader(), "val", ckpt)
+        if cfg.get("eval_train"):
+            metrics.update(evaluate_split(trainer, model, datamodule.train_eval_dataloader(),
+                                          "train", ckpt))
+        metrics["nonfinite_steps"] = float(model.nonfinite_steps)
+        if trainer.is_global_zero:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "metrics.json").write_text(json.dumps(
+                {"metrics": metrics, "checkpoint": ckpt}, indent=2, sort_keys=True))
+            log.info("metrics (checkpoint %s):\n%s", ckpt or "last weights",
+                     "\n".join(f"  {k:40s} {v:.4f}" for k, v in sorted(metrics.items())))
+    finally:
+        finish_loggers(trainer)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float:
+    metrics = train(cfg)
+    return as_float(metrics.get(cfg.optimized_metric))
+
+
+if __name__ == "__main__":
+    main()
