@@ -61,10 +61,12 @@ def evaluate(cfg: DictConfig) -> dict[str, dict[str, float]]:
     for split in cfg.splits:
         if split == "val":
             datamodule.setup("validate")
+        loader = loaders[split]()
         model._evaluators[split] = DetectionEvaluator(
-            model.metric_kinds, model.classes, outfile_prefix=out_dir / "predictions" / split)
+            model.metric_kinds, model.classes, outfile_prefix=out_dir / "predictions" / split,
+            category_ids=getattr(loader.dataset, "cat_ids", None))
         model.eval_split = split
-        trainer.validate(model, dataloaders=loaders[split](), verbose=False)
+        trainer.validate(model, dataloaders=loader, verbose=False)
         results[split] = dict(model.last_metrics)
         print(f"\n== {cfg.task_name}: {split} split, checkpoint {cfg.ckpt_path}\n"
               + format_table(results[split], model.classes, model.metric_kinds))

@@ -14,7 +14,9 @@ log = logging.getLogger(__name__)
 
 
 def resolved(cfg: DictConfig) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)  # type: ignore
+    """The run's config as plain data, interpolations resolved (Hydra's own node left out)."""
+    return {key: OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node)
+            else node for key, node in cfg.items() if key != "hydra"}
 
 
 def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:

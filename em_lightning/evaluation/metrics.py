@@ -8,6 +8,7 @@ DOTA/VOC AP50 here calls its per-image ``tpfp_default`` in-process instead.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -107,10 +108,12 @@ class DetectionEvaluator:
     """
 
     def __init__(self, kinds: Sequence[str], classes: Sequence[str],
-                 outfile_prefix: str | Path | None = None) -> None:
+                 outfile_prefix: str | Path | None = None,
+                 category_ids: Sequence[int] | None = None) -> None:
         self.kinds = list(kinds)
         self.classes = list(classes)
         self.outfile_prefix = str(outfile_prefix) if outfile_prefix else None
+        self.category_ids = list(category_ids) if category_ids is not None else None
         self.metrics = {
             k: build_metric(k, classes, self._prefix_for(k)) for k in self.kinds
         }
@@ -138,9 +141,33 @@ class DetectionEvaluator:
         """All metrics over ``size`` samples (padding from distributed samplers is dropped)."""
         out: dict[str, float] = {}
         for kind, metric in self.metrics.items():
-            if not metric.results:
-                log.warning("no %s results to evaluate", kind)
             values = metric.evaluate(size)
+            if not values:  # mmdet returns nothing when there is not a single detection
+                log.warning("no %s detections at all: AP is 0", kind)
+                values = self._zero_result(kind)
             out.update({_rename(kind, k, self.classes): float(v) for k, v in values.items()})
         self.reset()
+        self._restore_category_ids()
         return out
+
+    def _zero_result(self, kind: str) -> dict[str, float]:
+        if kind == "dota":
+            return {"dota/mAP": 0.0, **{f"dota/{c}_precision": 0.0 for c in self.classes}}
+        name = "bbox" if kind == "rbox" else kind
+        keys = [f"{kind}/{name}_mAP{s}" for s in ("", "_50", "_75")]
+        keys += [f"{kind}/{c}_precision" for c in self.classes]
+        return dict.fromkeys(keys, 0.0)
+
+    def _restore_category_ids(self) -> None:
+        """Written predictions use label indices as category ids; map them back to the
+        dataset's own ids so the JSON matches the user's annotation file."""
+        if self.outfile_prefix is None or self.category_ids is None:
+            return
+        for suffix in ("bbox", "segm"):
+            path = Path(f"{self.outfile_prefix}.{suffix}.json")
+            if not path.is_file():
+                continue
+            results = json.loads(path.read_text())
+            for det in results:
+                det["category_id"] = self.category_ids[det["category_id"]]
+            path.write_text(json.dumps(results))

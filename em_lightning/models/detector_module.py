@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 
@@ -25,6 +27,26 @@ from em_lightning.models.builder import (
 from em_lightning.models.schedules import build_scheduler
 
 log = logging.getLogger(__name__)
+
+
+def collect_rng_states() -> dict:
+    """RNG states as tensors and plain Python types (loadable with ``weights_only=True``)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    states = {"torch": torch.get_rng_state(),
+              "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+              "python": random.getstate()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    name, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 class NonFiniteLossError(RuntimeError):
@@ -166,6 +188,17 @@ class DetectorModule(pl.LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[Any]:
         return [s.cpu() for s in self.predict_samples(batch)]
+
+    # ------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Store the RNG states too, so a resumed run draws the same augmentations."""
+        checkpoint["rng_states"] = collect_rng_states()
+        checkpoint["nonfinite_steps"] = self.nonfinite_steps
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "rng_states" in checkpoint:
+            restore_rng_states(checkpoint["rng_states"])
+        self.nonfinite_steps = int(checkpoint.get("nonfinite_steps", 0))
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device,
                                  dataloader_idx: int) -> Any:
