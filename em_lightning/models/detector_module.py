@@ -133,7 +133,7 @@ class DetectorModule(pl.LightningModule):
                 f"loss was NaN/inf for {self._consecutive_nonfinite} consecutive steps "
                 f"(last: {bad}, images {paths}); stopping so no garbage checkpoint is written. "
                 "Lower the learning rate, enable gradient clipping or check the annotations.")
-        if self.trainer is not None and self.trainer.world_size > 1:
+        if self._trainer is not None and self._trainer.world_size > 1:
             # every rank must take part in the gradient all-reduce: contribute zeros
             return sum(p.sum() * 0.0 for p in self.parameters() if p.requires_grad)
         return None
