@@ -51,10 +51,11 @@ def evaluate(cfg: DictConfig) -> dict[str, dict[str, float]]:
     model = instantiate(cfg.model)
     state = load_checkpoint_file(cfg.ckpt_path)
     model.load_state_dict(state)
-    trainer = pl.Trainer(accelerator=cfg.trainer.accelerator, devices=1, logger=False,
-                         enable_checkpointing=False, default_root_dir=str(out_dir),
-                         callbacks=[PredictionOverlays(str(out_dir / "overlays"),
-                                                       cfg.score_thr)])
+    # the task's trainer config: `trainer=ddp` evaluates on several devices/processes, the
+    # metric gathers every rank's predictions before running pycocotools
+    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False,
+                          callbacks=[PredictionOverlays(str(out_dir / "overlays"),
+                                                        cfg.score_thr)])
     loaders = {"val": datamodule.val_dataloader, "test": datamodule.test_dataloader,
                "train": datamodule.train_eval_dataloader}
     results: dict[str, dict[str, float]] = {}
@@ -68,12 +69,15 @@ def evaluate(cfg: DictConfig) -> dict[str, dict[str, float]]:
         model.eval_split = split
         trainer.validate(model, dataloaders=loader, verbose=False)
         results[split] = dict(model.last_metrics)
-        print(f"\n== {cfg.task_name}: {split} split, checkpoint {cfg.ckpt_path}\n"
-              + format_table(results[split], model.classes, model.metric_kinds))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics.json").write_text(json.dumps(
-        {"checkpoint": str(cfg.ckpt_path), "metrics": results}, indent=2, sort_keys=True))
-    log.info("metrics and predictions written to %s", out_dir)
+        if trainer.is_global_zero:
+            print(f"\n== {cfg.task_name}: {split} split, checkpoint {cfg.ckpt_path}\n"
+                  + format_table(results[split], model.classes, model.metric_kinds))
+    if trainer.is_global_zero:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "metrics.json").write_text(json.dumps(
+            {"checkpoint": str(cfg.ckpt_path), "world_size": trainer.world_size,
+             "metrics": results}, indent=2, sort_keys=True))
+        log.info("metrics and predictions written to %s", out_dir)
     return results
 
 

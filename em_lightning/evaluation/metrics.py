@@ -161,8 +161,10 @@ class DetectionEvaluator:
     def _restore_category_ids(self) -> None:
         """Written predictions use label indices as category ids; map them back to the
         dataset's own ids so the JSON matches the user's annotation file."""
-        if self.outfile_prefix is None or self.category_ids is None:
-            return
+        from mmengine.dist import is_main_process
+
+        if self.outfile_prefix is None or self.category_ids is None or not is_main_process():
+            return  # only rank 0 computed metrics and wrote the files
         for suffix in ("bbox", "segm"):
             path = Path(f"{self.outfile_prefix}.{suffix}.json")
             if not path.is_file():
