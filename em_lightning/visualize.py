@@ -9,6 +9,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from em_lightning.data.rotated_formats import rbox_to_corners
 from em_lightning.data.transforms import normalize_em, read_grayscale
 
 GT_COLOR = (80, 220, 80)  # BGR
@@ -18,13 +19,8 @@ PRED_COLOR = (60, 60, 255)
 def rbox_corners(boxes: np.ndarray) -> np.ndarray:
     """(N, 5) cx cy w h angle (rad, clockwise in y-down) -> (N, 4, 2) corners."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 5)
-    cx, cy, w, h, a = boxes.T
-    cos, sin = np.cos(a), np.sin(a)
-    dx = np.stack([-w, w, w, -w], 1) / 2
-    dy = np.stack([-h, -h, h, h], 1) / 2
-    xs = cx[:, None] + dx * cos[:, None] - dy * sin[:, None]
-    ys = cy[:, None] + dx * sin[:, None] + dy * cos[:, None]
-    return np.stack([xs, ys], -1)
+    return np.stack([rbox_to_corners(*box) for box in boxes]) if len(boxes) else \
+        np.zeros((0, 4, 2))
 
 
 def gt_outlines(instances: list[dict]) -> list[np.ndarray]:

@@ -221,3 +221,33 @@ def test_resume_continues_exactly(tiny_vesicles, tmp_path):
     assert resumed["lr_schedulers"][0]["last_epoch"] == 4
     for name, value in straight["state_dict"].items():
         assert torch.allclose(value.float(), resumed["state_dict"][name].float(), atol=1e-6), name
+
+
+def test_rle_and_polygon_annotations_give_the_same_masks(tiny_vesicles, tmp_path):
+    from pycocotools import mask as mask_utils
+
+    root = tmp_path / "rle"
+    shutil.copytree(tiny_vesicles, root)
+    path = root / "annotations" / "val.json"
+    data = json.loads(path.read_text())
+    images = {i["id"]: i for i in data["images"]}
+    for k, ann in enumerate(data["annotations"]):
+        img = images[ann["image_id"]]
+        rles = mask_utils.frPyObjects(ann["segmentation"], img["height"], img["width"])
+        rle = mask_utils.merge(rles)
+        if k % 2:  # compressed RLE (counts as string)
+            ann["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode()}
+        else:  # uncompressed RLE (counts as run lengths)
+            flat = mask_utils.decode(rle).ravel(order="F")
+            bounds = np.concatenate([[0], np.flatnonzero(np.diff(flat)) + 1, [flat.size]])
+            runs = np.diff(bounds).tolist()
+            counts = runs if flat[0] == 0 else [0, *runs]
+            ann["segmentation"] = {"size": rle["size"], "counts": [int(c) for c in counts]}
+    path.write_text(json.dumps(data))
+    polygons = datamodule(tiny_vesicles, tmp_path).build_dataset("val", augment=False)
+    rle_set = datamodule(root, tmp_path).build_dataset("val", augment=False)
+    for i in range(len(polygons)):
+        a = polygons[i]["data_samples"].gt_instances.masks.to_ndarray()
+        b = rle_set[i]["data_samples"].gt_instances.masks.to_ndarray()
+        assert a.shape == b.shape and a.shape[0] > 0
+        assert (a == b).mean() > 0.9999
