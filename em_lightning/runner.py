@@ -24,7 +24,9 @@ def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
     for name, node in (cfg.get("callbacks") or {}).items():
         if node is None:
             continue
-        kwargs = {"run_config": resolved(cfg)} if name == "run_record" else {}
+        # the run record gets the whole config as data: not recursively instantiated
+        kwargs = {"run_config": resolved(cfg), "_recursive_": False} \
+            if name == "run_record" else {}
         out.append(instantiate(node, **kwargs))
     return out
 

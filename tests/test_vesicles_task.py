@@ -191,6 +191,12 @@ def test_fast_dev_run_trains_and_reports_metrics(tiny_vesicles, tmp_path):
     assert metrics["nonfinite_steps"] == 0
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["metrics"]["val/segm_mAP"] == metrics["val/segm_mAP"]
+    record = json.loads((tmp_path / "run" / "run_record.json").read_text())
+    assert record["packages"]["mmdet"] == "3.1.0" and record["packages"]["mmcv"] == "2.0.1"
+    assert record["config"]["data"]["classes"] == ["big_vesicle", "small_vesicle", "hole"]
+    assert len(record["git"]["commit"] or "x" * 40) == 40
+    fingerprints = record["dataset_fingerprints"]
+    assert set(fingerprints) == {"train", "val"} and len(fingerprints["train"]) == 64
 
 
 def _train(root, out, *extra):

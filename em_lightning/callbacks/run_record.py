@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+from omegaconf import OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
 from em_lightning import provenance
@@ -19,7 +20,9 @@ log = logging.getLogger(__name__)
 class RunRecord(pl.Callback):
     def __init__(self, out_dir: str, run_config: dict | None = None) -> None:
         self.out_dir = Path(out_dir)
-        self.config = run_config
+        # Hydra passes dict arguments as DictConfig: store plain data
+        self.config = OmegaConf.to_container(run_config) if OmegaConf.is_config(run_config) \
+            else run_config
         self.record: dict[str, Any] = {}
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
