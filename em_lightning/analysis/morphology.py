@@ -31,6 +31,8 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from em_lightning.data.rotated_formats import rbox_to_corners as rbox_corners  # noqa: F401
+
 __all__ = [
     "AREA_COLUMNS",
     "LENGTH_COLUMNS",
@@ -183,14 +185,6 @@ def mask_properties(mask: np.ndarray, intensity: np.ndarray | None = None) -> di
             float(np.asarray(intensity)[mask].mean()) if intensity is not None else math.nan
         ),
     }
-
-
-def rbox_corners(cx: float, cy: float, w: float, h: float, angle_rad: float) -> np.ndarray:
-    """The 4 corners (x, y) in image coordinates, in drawing order (mmrotate convention)."""
-    u = np.array([math.cos(angle_rad), math.sin(angle_rad)]) * (w / 2)
-    v = np.array([-math.sin(angle_rad), math.cos(angle_rad)]) * (h / 2)
-    c = np.array([cx, cy], dtype=np.float64)
-    return np.stack([c - u - v, c + u - v, c + u + v, c - u + v])
 
 
 def rbox_properties(cx: float, cy: float, w: float, h: float, angle_rad: float) -> dict[str, float]:
