@@ -70,8 +70,23 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float:
-    metrics = train(cfg)
-    return as_float(metrics.get(cfg.optimized_metric))
+    """Train once; return the optimized metric (NaN if missing) to Hydra sweepers.
+
+    As a trial of a multirun sweep, the W&B run joins the sweep's group with the sampled values
+    as its config, and a crash or a missing/NaN metric raises: the Optuna sweeper records that
+    as a failed trial and goes on (a returned NaN would end the whole sweep in optuna 2.10).
+    """
+    from em_lightning.sweeps.trial import in_multirun, prepare_trial, trial_value
+
+    if not in_multirun():
+        return as_float(train(cfg).get(cfg.optimized_metric))
+    prepare_trial(cfg)
+    try:
+        metrics = train(cfg)
+    except Exception:
+        log.exception("trial failed; the sweep records it and goes on")
+        raise
+    return trial_value(metrics, cfg.optimized_metric)
 
 
 if __name__ == "__main__":
