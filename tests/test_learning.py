@@ -37,7 +37,7 @@ def test_mask_rcnn_learns_holes(tmp_path):
 
 def test_rotated_faster_rcnn_learns_rods(tmp_path):
     before, after = ap50_before_and_after(
-        "nanorods", "val/rbox_mAP_50", tmp_path, "data.demo.rods_per_image=15",
+        "nanorods", "val/rbox_mAP_50", tmp_path, "+data.demo.rods_per_image=15",
         "trainer.max_epochs=40", "trainer.check_val_every_n_epoch=40")
     print(f"nanorods val rotated AP50: untrained {before:.3f} -> trained {after:.3f}")
     assert before < 0.05
