@@ -36,6 +36,8 @@ def test_mask_rcnn_learns_holes(tmp_path):
 
 
 def test_rotated_faster_rcnn_learns_rods(tmp_path):
+    # Open (2026-11-24): at this budget (120-240 steps from scratch) the rotated box regression
+    # loss plateaus at ~1.45 and AP50 stays 0.000; see the issue notes. Kept failing on purpose.
     before, after = ap50_before_and_after(
         "nanorods", "val/rbox_mAP_50", tmp_path, "+data.demo.rods_per_image=15",
         "trainer.max_epochs=40", "trainer.check_val_every_n_epoch=40")
