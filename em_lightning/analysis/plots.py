@@ -183,9 +183,7 @@ def overlay_png(
     if len(shapes) != len(labels):
         raise ValueError(f"{len(shapes)} shapes but {len(labels)} labels")
     canvas = _gray_to_bgr(np.asarray(image))
-    colors = {
-        c: tuple(int(round(255 * v)) for v in rgb[::-1]) for c, rgb in class_colors(labels).items()
-    }
+    colors = bgr_class_colors(labels)
     for shape, label in zip(shapes, labels):
         color = colors[label]
         arr = np.asarray(shape)
@@ -197,10 +195,21 @@ def overlay_png(
         else:
             corners = np.rint(rbox_corners(*arr.astype(float))).astype(np.int32)
             cv2.polylines(canvas, [corners], True, color, thickness)
+    return save_with_legend(canvas, colors, path)
+
+
+def bgr_class_colors(labels: Sequence) -> dict:
+    """The figures' class colours as OpenCV BGR tuples in [0, 255]."""
+    return {c: tuple(int(round(255 * v)) for v in rgb[::-1])
+            for c, rgb in class_colors(labels).items()}
+
+
+def save_with_legend(canvas: np.ndarray, colors: dict, path: str | Path) -> Path:
+    """Write the class names in their colours (top left) and save ``canvas`` as PNG."""
     for i, (cls, color) in enumerate(colors.items()):
         cv2.putText(canvas, str(cls), (4, 14 + 14 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.4, color, 1)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(path), canvas):
-        raise OSError(f"could not write {path}")
+        raise OSError(f"{path}: could not write the PNG")
     return path

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from em_lightning.analysis.morphology import objects_table
-from em_lightning.analysis.plots import class_colors
+from em_lightning.analysis.plots import bgr_class_colors, save_with_legend
 from em_lightning.inference.detections import Detection, crop_to_rle
 
 __all__ = ["ImageInfo", "RBOX_FORMAT", "coco_entries", "coco_images", "draw_overlay",
@@ -146,8 +146,7 @@ def draw_overlay(gray: np.ndarray, detections: Sequence[Detection], classes: Seq
     match the figures of :mod:`em_lightning.analysis.plots`.
     """
     canvas = cv2.cvtColor(np.clip(gray, 0, 255).astype(np.uint8), cv2.COLOR_GRAY2BGR)
-    colors = {c: tuple(int(round(255 * v)) for v in rgb[::-1])
-              for c, rgb in class_colors(classes).items()}
+    colors = bgr_class_colors(classes)
     thickness = max(1, round(max(gray.shape) / 1500))
     for det in detections:
         color = colors[classes[det.label]]
@@ -158,10 +157,4 @@ def draw_overlay(gray: np.ndarray, detections: Sequence[Detection], classes: Seq
         else:
             cv2.polylines(canvas, [np.rint(det.outline()).astype(np.int32)], True, color,
                           thickness)
-    for k, (cls, color) in enumerate(colors.items()):
-        cv2.putText(canvas, str(cls), (4, 14 + 14 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.4, color, 1)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), canvas):
-        raise OSError(f"{path}: could not write the overlay PNG")
-    return path
+    return save_with_legend(canvas, colors, path)
