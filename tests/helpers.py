@@ -25,3 +25,15 @@ def samples_with_gt_as_predictions(dataset, drop_all: bool = False) -> list:
         sample.pred_instances = pred
         samples.append(sample)
     return samples
+
+
+def perfect_and_empty_metrics(dataset, kinds: list[str], classes: list[str]) -> dict:
+    """Metrics of ground truth given as predictions (key True) and of no predictions (False)."""
+    from em_lightning.evaluation import DetectionEvaluator
+
+    out = {}
+    for drop in (False, True):
+        evaluator = DetectionEvaluator(kinds, classes)
+        evaluator.process(samples_with_gt_as_predictions(dataset, drop_all=drop))
+        out[not drop] = evaluator.compute(len(dataset))
+    return out

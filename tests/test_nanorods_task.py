@@ -14,7 +14,7 @@ from em_lightning.data.rotated_formats import rotated_iou
 from em_lightning.evaluation import DetectionEvaluator
 from em_lightning.models.detector_module import NonFiniteLossError
 from tests.conftest import compose_cfg
-from tests.helpers import samples_with_gt_as_predictions
+from tests.helpers import perfect_and_empty_metrics, samples_with_gt_as_predictions
 
 
 def datamodule(root, tmp_path, *extra):
@@ -47,10 +47,9 @@ def test_three_formats_load_the_same_objects(tiny_nanorods, tmp_path):
 def test_perfect_predictions_give_rotated_ap_one(tiny_nanorods, tmp_path):
     dm = datamodule(tiny_nanorods, tmp_path)
     dataset = dm.build_dataset("val", augment=False)
-    for drop, expected in ((False, 1.0), (True, 0.0)):
-        evaluator = DetectionEvaluator(["rbox", "dota"], dm.classes)
-        evaluator.process(samples_with_gt_as_predictions(dataset, drop_all=drop))
-        metrics = evaluator.compute(len(dataset))
+    results = perfect_and_empty_metrics(dataset, ["rbox", "dota"], dm.classes)
+    for perfect, expected in ((True, 1.0), (False, 0.0)):
+        metrics = results[perfect]
         for key in ("rbox_mAP", "rbox_mAP_50", "rbox_mAP_75", "nanorod_rbox_AP", "dota_AP50"):
             assert metrics[key] == pytest.approx(expected, abs=1e-3), key
 

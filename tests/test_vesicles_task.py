@@ -16,7 +16,7 @@ from pycocotools.cocoeval import COCOeval
 from em_lightning.data.errors import DataError
 from em_lightning.evaluation import DetectionEvaluator
 from tests.conftest import compose_cfg
-from tests.helpers import samples_with_gt_as_predictions
+from tests.helpers import perfect_and_empty_metrics, samples_with_gt_as_predictions
 
 
 def datamodule(root, tmp_path, *extra):
@@ -122,10 +122,9 @@ def test_sixteen_bit_tiff_and_images_in_subfolders_and_empty_images(tiny_vesicle
 def test_perfect_and_empty_predictions(tiny_vesicles, tmp_path):
     dm = datamodule(tiny_vesicles, tmp_path)
     dataset = dm.build_dataset("val", augment=False)
-    for drop, expected in ((False, 1.0), (True, 0.0)):
-        evaluator = DetectionEvaluator(["bbox", "segm"], dm.classes)
-        evaluator.process(samples_with_gt_as_predictions(dataset, drop_all=drop))
-        metrics = evaluator.compute(len(dataset))
+    results = perfect_and_empty_metrics(dataset, ["bbox", "segm"], dm.classes)
+    for perfect, expected in ((True, 1.0), (False, 0.0)):
+        metrics = results[perfect]
         for key in ("bbox_mAP", "segm_mAP", "segm_mAP_50", "big_vesicle_segm_AP",
                     "hole_segm_AP"):
             assert metrics[key] == pytest.approx(expected, abs=1e-3), key

@@ -44,6 +44,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -323,6 +324,17 @@ class _UnknownClass(DataError):
     """Internal: lets parsers tell an unknown class apart from a malformed line."""
 
 
+def _reported(parse: Any, report: SkipReport, where: str, *args: Any) -> Any:
+    """``parse(*args)``, or None after reporting an unknown class or a malformed entry."""
+    try:
+        return parse(*args)
+    except _UnknownClass as err:
+        report.problem(where, err.problem, "unknown_class")
+    except DataError as err:
+        report.problem(where, err.problem, "malformed")
+    return None
+
+
 def _objects_from_lines(
     lines: Sequence[str], path: Path, size: tuple[int, int], report: SkipReport, parse
 ) -> list[RotatedObject]:
@@ -331,14 +343,7 @@ def _objects_from_lines(
         if not line.strip():
             continue
         where = f"{path}:{lineno}"
-        try:
-            obj = parse(line, where)
-        except _UnknownClass as err:
-            report.problem(where, err.problem, "unknown_class")
-            continue
-        except DataError as err:
-            report.problem(where, err.problem, "malformed")
-            continue
+        obj = _reported(parse, report, where, line, where)
         if obj is None:
             continue
         checked = _check_object(obj, size[0], size[1], where, report)
@@ -538,14 +543,10 @@ def read_coco_rotated(
         where = f"{path}[annotations][{i}]"
         if isinstance(ann, dict) and "id" in ann:
             where += f" (id={ann['id']})"
-        try:
-            img_id, obj = _coco_object(ann, cats, where)
-        except _UnknownClass as err:
-            report.problem(where, err.problem, "unknown_class")
+        parsed = _reported(_coco_object, report, where, ann, cats, where)
+        if parsed is None:
             continue
-        except DataError as err:
-            report.problem(where, err.problem, "malformed")
-            continue
+        img_id, obj = parsed
         im = images.get(img_id)  # type: ignore[arg-type]
         if im is None:
             report.problem(where, f"image_id {img_id!r} is not in 'images'", "malformed")
