@@ -249,6 +249,31 @@ def test_in_memory_preprocessing_equals_the_dataset_pipeline(tiny_vesicles, untr
         assert np.array_equal(det.window(0, 0, 128, 128), ref.masks[i].numpy())
 
 
+def test_threshold_inside_the_model_keeps_the_same_detections(tiny_vesicles, untrained_ckpt,
+                                                              tmp_path):
+    from omegaconf import OmegaConf
+
+    from em_lightning.data.transforms import normalize_em, read_grayscale
+    from em_lightning.inference.engine import ModelRunner, normalize_mode
+    from em_lightning.predict import load_model
+
+    cfg = compose_cfg(["task=vesicles", "experiment=tiny", f"data.root={tiny_vesicles}",
+                       f"ckpt_path={untrained_ckpt}"], tmp_path)
+    pipeline = OmegaConf.to_container(cfg.data.test_pipeline, resolve=True)
+    gray = normalize_em(read_grayscale(tiny_vesicles / "images" / "val" / "vesicles_000.png"),
+                        normalize_mode(pipeline))
+    everything = ModelRunner(load_model(cfg), pipeline, cfg.data.scope, score_thr=0.0)([gray])[0]
+    thr = float(np.median([d.score for d in everything]))
+    runner = ModelRunner(load_model(cfg), pipeline, cfg.data.scope, score_thr=thr)
+    assert runner.module.detector.roi_head.test_cfg.score_thr == thr
+    expected = [d for d in everything if d.score >= thr]
+    dets = runner([gray])[0]
+    assert 0 < len(dets) == len(expected) < len(everything)
+    for got, want in zip(dets, expected):
+        assert got.score == pytest.approx(want.score, abs=1e-6) and got.label == want.label
+        assert np.array_equal(got.window(0, 0, 128, 128), want.window(0, 0, 128, 128))
+
+
 @pytest.fixture(scope="module")
 def predict_run(tiny_vesicles, untrained_ckpt, tmp_path_factory) -> Path:
     """The CLI on a folder with a PNG, a 16-bit TIFF (2 nm/px in its metadata), a larger

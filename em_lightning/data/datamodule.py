@@ -105,7 +105,7 @@ class DetectionDataModule(pl.LightningDataModule):
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
                           num_workers=self.num_workers, collate_fn=pseudo_collate,
-                          persistent_workers=self.num_workers > 0 and shuffle,
+                          persistent_workers=self.num_workers > 0,
                           pin_memory=self.pin_memory)
 
     def train_dataloader(self) -> DataLoader:

@@ -10,6 +10,7 @@ of tiles and the images it touches are in memory.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +24,8 @@ from em_lightning.inference.merge import flag_detection, merge_tiles
 from em_lightning.inference.tiling import Tile, tile_grid
 from em_lightning.registry import scope as openmmlab_scope
 
-__all__ = ["ModelRunner", "TiledPredictor", "build_pipeline", "normalize_mode"]
+__all__ = ["ModelRunner", "TiledPredictor", "build_pipeline", "normalize_mode",
+           "threshold_in_model"]
 
 DetectFn = Callable[[list[np.ndarray]], list[list[Detection]]]
 #: steps of a test pipeline that read files or annotations; prediction starts from an array
@@ -98,14 +100,35 @@ def detections_from_instances(pred: Any, score_thr: float) -> list[Detection]:
     return out
 
 
+def threshold_in_model(detector: torch.nn.Module, score_thr: float) -> None:
+    """Make a two-stage detector drop boxes scoring below ``score_thr`` itself.
+
+    Its ``test_cfg.rcnn.score_thr`` (0.05 in mmdet's configs) is applied before NMS and the
+    mask head, so raising it spares mask prediction, full-size mask pasting and copying for
+    every detection that would be thrown away afterwards. The detections at or above
+    ``score_thr`` stay the same: a lower-scoring box never suppresses a higher one in NMS.
+    """
+    roi_head = getattr(detector, "roi_head", None)
+    test_cfg = getattr(roi_head, "test_cfg", None)
+    if test_cfg is None or "score_thr" not in test_cfg:
+        return
+    test_cfg = copy.deepcopy(test_cfg)  # the module's own config may be shared
+    test_cfg.score_thr = max(float(test_cfg.score_thr), float(score_thr))
+    roi_head.test_cfg = test_cfg
+
+
 class ModelRunner:
     """Callable: a batch of gray float32 tiles (values as the model was trained on, [0, 255])
-    -> detections per tile in tile coordinates, at or above ``score_thr``."""
+    -> detections per tile in tile coordinates, at or above ``score_thr``.
+
+    The threshold is applied inside the detector (:func:`threshold_in_model`), so the module
+    passed in is set up for prediction at that threshold."""
 
     def __init__(self, module: torch.nn.Module, test_pipeline: Sequence[dict], scope: str,
                  scale: float = 1.0, score_thr: float = 0.5,
                  device: str | torch.device = "cpu") -> None:
         self.module = module.to(device).eval()
+        threshold_in_model(getattr(module, "detector", module), score_thr)
         self.pipeline = build_pipeline(test_pipeline, scope, scale)
         self.scope = scope
         self.score_thr = score_thr

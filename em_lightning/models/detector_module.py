@@ -115,9 +115,10 @@ class DetectorModule(pl.LightningModule):
         if not torch.isfinite(loss):
             return self._skip_nonfinite(log_vars, batch)
         self._consecutive_nonfinite = 0
-        for name, value in log_vars.items():
-            self.log(f"train/{name}", float(value), batch_size=batch_size,
-                     prog_bar=name == "loss")
+        # one call with detached tensors: no host sync per loss term on a GPU
+        self.log_dict({f"train/{name}": value.detach() for name, value in log_vars.items()
+                       if name != "loss"}, batch_size=batch_size)
+        self.log("train/loss", loss.detach(), batch_size=batch_size, prog_bar=True)
         return loss
 
     def _skip_nonfinite(self, log_vars: dict, batch: dict) -> torch.Tensor | None:
