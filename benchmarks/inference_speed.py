@@ -34,7 +34,6 @@ it exists).
 from __future__ import annotations
 
 import argparse
-import copy
 import glob
 import sys
 import time
