@@ -236,6 +236,7 @@ def test_in_memory_preprocessing_equals_the_dataset_pipeline(tiny_vesicles, untr
     model = load_model(cfg)
     pipeline = OmegaConf.to_container(cfg.data.test_pipeline, resolve=True)
     runner = ModelRunner(model, pipeline, cfg.data.scope, score_thr=0.0)
+    assert runner.mask_crops  # masks pasted per object: must equal mmdet's full-image masks
     item = instantiate(cfg.data).build_dataset("val", augment=False)[1]
     with torch.no_grad():
         ref = model.predict_samples({"inputs": [item["inputs"]],
@@ -409,3 +410,25 @@ def test_rotated_boxes_predict_in_process_and_load_as_coco(tiny_nanorods, tmp_pa
         assert x <= cx <= x + bw and y <= cy <= y + bh
     for name in ("orientation_rose.png", "length_width.png"):
         assert (out / "plots" / name).is_file()
+
+
+def test_mask_crops_equal_mmdets_full_image_paste():
+    """Pasting a mask into its box region only gives mmdet's pixels, also at image edges."""
+    from mmdet.models.roi_heads.mask_heads.fcn_mask_head import _do_paste_mask
+
+    from em_lightning.inference.detections import crop_mask
+    from em_lightning.inference.mask_crops import paste_mask_crop
+
+    gen = torch.Generator().manual_seed(0)
+    probs = torch.rand(60, 1, 28, 28, generator=gen)
+    boxes = torch.rand(60, 4, generator=gen) * 100
+    boxes[:, 2:] = boxes[:, :2] + torch.rand(60, 2, generator=gen) * 40 + 0.3
+    boxes[0] = torch.tensor([-3.2, 5.5, 20.7, 140.0])  # leaves the 128 px image on two sides
+    for prob, box in zip(probs, boxes):
+        region, (rows, cols) = _do_paste_mask(prob[None], box[None], 128, 128, skip_empty=True)
+        full = np.zeros((128, 128), bool)
+        full[rows, cols] = (region[0] >= 0.5).numpy()
+        want, got = crop_mask(full), paste_mask_crop(prob[0], box, 128, 128, 0.5)
+        assert (want is None) == (got is None)
+        if want is not None:
+            assert got[1] == want[1] and np.array_equal(got[0], want[0])

@@ -20,6 +20,7 @@ import torch
 
 from em_lightning.data.datamodule import pipeline_from_yaml
 from em_lightning.inference.detections import Detection, crop_mask
+from em_lightning.inference.mask_crops import predict_mask_crops, supports_mask_crops
 from em_lightning.inference.merge import flag_detection, merge_tiles
 from em_lightning.inference.tiling import Tile, tile_grid
 from em_lightning.registry import scope as openmmlab_scope
@@ -128,7 +129,9 @@ class ModelRunner:
                  scale: float = 1.0, score_thr: float = 0.5,
                  device: str | torch.device = "cpu") -> None:
         self.module = module.to(device).eval()
-        threshold_in_model(getattr(module, "detector", module), score_thr)
+        self.detector = getattr(module, "detector", module)
+        threshold_in_model(self.detector, score_thr)
+        self.mask_crops = supports_mask_crops(self.detector)
         self.pipeline = build_pipeline(test_pipeline, scope, scale)
         self.scope = scope
         self.score_thr = score_thr
@@ -142,8 +145,12 @@ class ModelRunner:
                                     "ori_shape": img.shape[:2], "img_path": "", "img_id": i})
             inputs.append(packed["inputs"])
             samples.append(packed["data_samples"])
+        batch = {"inputs": inputs, "data_samples": samples}
         with openmmlab_scope(self.scope):
-            preds = self.module.predict_samples({"inputs": inputs, "data_samples": samples})
+            if self.mask_crops:  # same values, without image-sized mask arrays
+                data = self.detector.data_preprocessor(batch, training=False)
+                return predict_mask_crops(self.detector, data, self.score_thr)
+            preds = self.module.predict_samples(batch)
         return [detections_from_instances(p.pred_instances, self.score_thr) for p in preds]
 
 
