@@ -101,8 +101,9 @@ def mmdet_checkpoint(module: Any, classes: Sequence[str]) -> str:
     return str(path)
 
 
-def mm_config(cfg: Any, score_thr: float | None) -> Any:
-    """An mmengine config an OpenMMLab user would write for this detector and test data."""
+def mm_config(cfg: Any, score_thr: float | None, size: int | None = None) -> Any:
+    """An mmengine config an OpenMMLab user would write for this detector and test data
+    (``Resize`` to ``size``, default the training size: images of that size stay as they are)."""
     from mmengine.config import Config
     from omegaconf import OmegaConf
 
@@ -110,7 +111,7 @@ def mm_config(cfg: Any, score_thr: float | None) -> Any:
     detector.get("roi_head", {}).get("bbox_head", {})["num_classes"] = len(cfg.data.classes)
     if score_thr is not None:
         detector["test_cfg"]["rcnn"]["score_thr"] = score_thr
-    size = int(cfg.data.image_size)
+    size = int(size or cfg.data.image_size)
     pipeline = [
         {"type": "LoadImageFromFile"},
         {"type": "mmdet.Resize", "scale": (size, size), "keep_ratio": True},

@@ -1,0 +1,201 @@
+"""Peak memory and time of prediction on one large image: tiled vs whole, em_lightning vs
+OpenMMLab.
+
+The image is a ``--size`` px mosaic of the task's demo images (default 4096 px: 64 demo images
+of 512 px). Each side runs in its own process, so its peak RSS (Linux ``VmHWM``, reset after
+the model is built) is its own:
+
+* ``em_lightning tiled``: ``ModelRunner`` + ``TiledPredictor`` as ``em_lightning.predict`` runs
+  them (``--tile`` px tiles overlapping by ``--overlap`` px, batch ``--batch-size``, seams
+  merged, masks kept as crops);
+* ``em_lightning whole``: the same with tiling off (``tile.size=0``);
+* OpenMMLab: vesicles - mmdet ``DetInferencer`` on the whole image (mmdet has no tiled
+  inference); nanorods - mmrotate's ``inference_detector_by_patches`` with the same patch
+  size, overlap and batch size.
+
+    .venv/bin/python benchmarks/predict_memory.py                 # 4096 px, default models
+    .venv/bin/python benchmarks/predict_memory.py --quick         # 1024 px, tiny models
+
+Weights: the accuracy run's ``last.ckpt`` when it exists (``--ckpt-<task>`` to choose),
+otherwise random ones - then scores are near chance, which the detection count shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from common import (
+    DEFAULT_DATA_DIR,
+    TASKS,
+    compose_cfg,
+    hardware,
+    model_overrides,
+    print_table,
+    quiet,
+    scratch,
+)
+from inference_speed import default_ckpt, demo_files, load_module, mm_config, mmdet_checkpoint
+from memory import max_rss_mib, reset_rss_peak, status_mib
+
+SIDES = ("em_lightning tiled", "em_lightning whole", "openmmlab")
+
+
+def mosaic(files: Sequence[str], size: int, out: Path) -> Path:
+    """A ``size`` x ``size`` PNG tiled from the demo images (cycled), written to ``out``."""
+    import cv2
+
+    images = [cv2.imread(f, cv2.IMREAD_GRAYSCALE) for f in files]
+    side = images[0].shape[0]
+    n = -(-size // side)
+    rows = [np.concatenate([images[(r * n + c) % len(images)] for c in range(n)], axis=1)
+            for r in range(n)]
+    cv2.imwrite(str(out), np.concatenate(rows, axis=0)[:size, :size])
+    return out
+
+
+def run_side(side: str, task: str, args: argparse.Namespace) -> dict:
+    """In this process: build the side, reset the RSS peak, predict the mosaic once."""
+    quiet()
+    import torch
+    from omegaconf import OmegaConf
+
+    from em_lightning.data.microscopy import read_em_image
+    from em_lightning.data.transforms import normalize_em
+    from em_lightning.inference.engine import ModelRunner, TiledPredictor, normalize_mode
+    from em_lightning.registry import register_all_modules, scope
+
+    register_all_modules()
+    cfg = compose_cfg(task, args.image_size, args.data_dir,
+                      model_overrides(args.depth, args.heads))
+    ckpt = getattr(args, f"ckpt_{task}") or (None if args.quick else default_ckpt(task))
+    module = load_module(cfg, ckpt)
+    image = Path(args.image)
+    thr = args.score_thr
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if side.startswith("em_lightning"):
+        pipeline = OmegaConf.to_container(cfg.data.test_pipeline, resolve=True)
+        runner = ModelRunner(module, pipeline, cfg.data.scope, 1.0, thr, device)
+        tile = args.tile if side.endswith("tiled") else 0
+        predictor = TiledPredictor(runner, tile, args.overlap, args.batch_size)
+
+        def predict() -> int:
+            gray = normalize_em(read_em_image(image, None).data, normalize_mode(pipeline))
+            return len(predictor.predict(gray))
+    elif task == "vesicles":
+        from mmdet.apis import DetInferencer
+
+        weights = mmdet_checkpoint(module, cfg.data.classes)
+        with scope("mmdet"):
+            inferencer = DetInferencer(mm_config(cfg, None, args.size), weights, device=device,
+                                       scope="mmdet", show_progress=False)
+
+        def predict() -> int:
+            with scope("mmdet"):
+                out = inferencer(str(image), batch_size=1, no_save_vis=True)
+            return sum(s >= thr for p in out["predictions"] for s in p["scores"])
+    else:
+        from mmdet.apis import init_detector
+        from mmrotate.apis import inference_detector_by_patches
+
+        weights = mmdet_checkpoint(module, cfg.data.classes)
+        with scope("mmrotate"):
+            model = init_detector(mm_config(cfg, None, args.tile), weights, device=device)
+
+        def predict() -> int:
+            with scope("mmrotate"):
+                pred = inference_detector_by_patches(
+                    model, str(image), [args.tile], [args.tile - args.overlap], [1.0],
+                    {"type": "nms_rotated", "iou_threshold": 0.1}, bs=args.batch_size)
+            return int((pred.pred_instances.scores >= thr).sum())
+    del module
+    rss0 = status_mib("VmRSS")
+    reset = reset_rss_peak()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        dets = predict()
+    seconds = time.perf_counter() - t0
+    peak = status_mib("VmHWM") if reset else max_rss_mib()
+    row = {"task": task, "side": side, "seconds": seconds, "rss_before_mib": rss0,
+           "peak_rss_mib": peak, "rise_mib": peak - rss0, "detections": dets}
+    if torch.cuda.is_available():
+        row["cuda_peak_mib"] = torch.cuda.max_memory_allocated() / 1024**2
+    return row
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
+    p.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES))
+    p.add_argument("--size", type=int, default=4096, help="mosaic side (px)")
+    p.add_argument("--image-size", type=int, default=512, help="demo image / training size")
+    p.add_argument("--tile", type=int, default=1024)
+    p.add_argument("--overlap", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--score-thr", type=float, default=0.5)
+    p.add_argument("--depth", type=int, default=50)
+    p.add_argument("--heads", choices=("default", "tiny"), default="default")
+    p.add_argument("--ckpt-vesicles", default=None)
+    p.add_argument("--ckpt-nanorods", default=None)
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    p.add_argument("--quick", action="store_true",
+                   help="1024 px mosaic of 128 px images, 256 px tiles, tiny models, random")
+    p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)  # internal: TASK SIDE
+    p.add_argument("--image", help=argparse.SUPPRESS)  # internal: the mosaic file
+    args = p.parse_args(argv)
+    if args.quick:
+        args.size, args.image_size, args.tile, args.overlap = 1024, 128, 256, 32
+        args.depth, args.heads, args.score_thr = 18, "tiny", 0.05
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict]:
+    args = parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if args.child:
+        print("RESULT " + json.dumps(run_side(args.child[1], args.child[0], args)), flush=True)
+        return []
+    quiet()
+    print(f"# predict memory: {hardware()}")
+    print(f"# {args.size} px mosaic, {args.tile} px tiles / {args.overlap} px overlap, batch "
+          f"{args.batch_size}, ResNet-{args.depth} ({args.heads} heads), score >= "
+          f"{args.score_thr}", flush=True)
+    rows = []
+    for task in args.tasks:
+        cfg = compose_cfg(task, args.image_size, args.data_dir)
+        image = mosaic(demo_files(cfg, 64), args.size, Path(scratch("mosaic_")) / "mosaic.png")
+        for side in args.sides:
+            t0 = time.perf_counter()
+            proc = subprocess.run([sys.executable, __file__, *argv, "--child", task, side,
+                                   "--image", str(image)], capture_output=True, text=True,
+                                  check=False)
+            found = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+            if proc.returncode != 0 or not found:
+                print(f"  {task} / {side}: FAILED ({proc.returncode})\n{proc.stderr[-2000:]}")
+                continue
+            r = json.loads(found[-1][len("RESULT "):])
+            rows.append([task, side, round(r["seconds"], 1), round(r["rss_before_mib"]),
+                         round(r["peak_rss_mib"]), round(r["rise_mib"]), r["detections"],
+                         *([round(r["cuda_peak_mib"])] if "cuda_peak_mib" in r else [])])
+            print(f"  {task} / {side}: {time.perf_counter() - t0:.0f} s", flush=True)
+    headers = ["task", "side", "predict s", "RSS before (MiB)", "peak RSS (MiB)",
+               "rise (MiB)", f"detections >= {args.score_thr}"]
+    if any(len(r) > len(headers) for r in rows):
+        headers.append("CUDA peak (MiB)")
+    print()
+    print_table(headers, rows)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
