@@ -1,6 +1,6 @@
 """Run every benchmark in sequence (``make bench``), each in its own process.
 
-    .venv/bin/python benchmarks/run_all.py            # defaults: about 10 min on 2 CPU cores
+    .venv/bin/python benchmarks/run_all.py            # defaults: about 45 min on 2 CPU cores
     .venv/bin/python benchmarks/run_all.py --quick    # smoke run of every script (~5 min)
     .venv/bin/python benchmarks/run_all.py --only eval_speed memory
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 #: in order of priority; each script takes --help and --quick
-SCRIPTS = ("train_throughput", "eval_speed", "memory")
+SCRIPTS = ("train_throughput", "inference_speed", "eval_speed", "memory", "predict_memory")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
