@@ -25,6 +25,7 @@ if str(ROOT) not in sys.path:  # `python benchmarks/x.py` from anywhere
 
 
 _SCRATCH: tempfile.TemporaryDirectory | None = None
+RESULT = "RESULT "  # the line prefix a child process prints its JSON result after
 
 
 def scratch(prefix: str = "run_") -> str:
@@ -89,6 +90,27 @@ def compose_cfg(task: str, image_size: int, data_dir: Path, overrides: Sequence[
         cfg.paths.output_dir = out
         cfg.hydra.runtime.output_dir = out
     return cfg
+
+
+def run_child(argv: Sequence[str]) -> dict:
+    """Run ``python *argv`` (a benchmark script in child mode) and return the JSON it prints
+    after ``RESULT ``; RuntimeError with the child's output tail when it fails."""
+    import json
+    import subprocess
+
+    proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True, check=False)
+    found = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT)]
+    if proc.returncode != 0 or not found:
+        raise RuntimeError(f"{' '.join(argv[:1])} failed (exit {proc.returncode}):\n"
+                           f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    return json.loads(found[-1][len(RESULT):])
+
+
+def print_result(result: Any) -> None:
+    """Child mode's answer to :func:`run_child`."""
+    import json
+
+    print(RESULT + json.dumps(result), flush=True)
 
 
 def cuda_sync() -> None:

@@ -17,9 +17,7 @@ pipeline's memory is in the measured process. Reported per task:
 from __future__ import annotations
 
 import argparse
-import json
 import resource
-import subprocess
 import sys
 import time
 import tracemalloc
@@ -33,8 +31,10 @@ from common import (
     compose_cfg,
     hardware,
     model_overrides,
+    print_result,
     print_table,
     quiet,
+    run_child,
 )
 
 MIB = 1024.0 * 1024.0
@@ -149,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     argv = list(sys.argv[1:] if argv is None else argv)
     if args.child:
-        print("RESULT " + json.dumps(measure(args.child, args)), flush=True)
+        print_result(measure(args.child, args))
         return []
     print(f"# memory: {hardware()}")
     print(f"# {args.image_size} px, ResNet-{args.depth} ({args.heads} heads), batch "
@@ -157,13 +157,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     results = []
     for task in args.tasks:
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, __file__, *argv, "--child", task],
-                              capture_output=True, text=True, check=False)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-        if proc.returncode != 0 or not lines:
-            print(proc.stdout[-3000:], proc.stderr[-3000:], sep="\n")
-            raise RuntimeError(f"{task}: memory measurement failed ({proc.returncode})")
-        results.append(json.loads(lines[-1][len("RESULT "):]))
+        results.append(run_child([__file__, *argv, "--child", task]))
         print(f"  {task}: {time.perf_counter() - t0:.0f} s", flush=True)
     rows = []
     for r in results:

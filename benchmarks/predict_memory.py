@@ -23,8 +23,6 @@ otherwise random ones - then scores are near chance, which the detection count s
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -37,8 +35,10 @@ from common import (
     compose_cfg,
     hardware,
     model_overrides,
+    print_result,
     print_table,
     quiet,
+    run_child,
     scratch,
 )
 from inference_speed import default_ckpt, demo_files, load_module, mm_config, mmdet_checkpoint
@@ -163,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     argv = list(sys.argv[1:] if argv is None else argv)
     if args.child:
-        print("RESULT " + json.dumps(run_side(args.child[1], args.child[0], args)), flush=True)
+        print_result(run_side(args.child[1], args.child[0], args))
         return []
     quiet()
     print(f"# predict memory: {hardware()}")
@@ -176,14 +176,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         image = mosaic(demo_files(cfg, 64), args.size, Path(scratch("mosaic_")) / "mosaic.png")
         for side in args.sides:
             t0 = time.perf_counter()
-            proc = subprocess.run([sys.executable, __file__, *argv, "--child", task, side,
-                                   "--image", str(image)], capture_output=True, text=True,
-                                  check=False)
-            found = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-            if proc.returncode != 0 or not found:
-                print(f"  {task} / {side}: FAILED ({proc.returncode})\n{proc.stderr[-2000:]}")
+            try:
+                r = run_child([__file__, *argv, "--child", task, side, "--image", str(image)])
+            except RuntimeError as exc:
+                print(f"  {task} / {side}: FAILED {exc}", flush=True)
                 continue
-            r = json.loads(found[-1][len("RESULT "):])
             rows.append([task, side, round(r["seconds"], 1), round(r["rss_before_mib"]),
                          round(r["peak_rss_mib"]), round(r["rise_mib"]), r["detections"],
                          *([round(r["cuda_peak_mib"])] if "cuda_peak_mib" in r else [])])
