@@ -11,6 +11,7 @@ does on a CPU, minus the image-sized copy. Values are identical to ``predict(res
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 
 from em_lightning.inference.detections import Detection, crop_mask
 
-__all__ = ["paste_mask_crop", "predict_mask_crops", "supports_mask_crops"]
+__all__ = ["paste_mask_crop", "paste_mask_region", "predict_mask_crops", "supports_mask_crops"]
 
 
 def supports_mask_crops(detector: torch.nn.Module) -> bool:
@@ -34,16 +35,18 @@ def supports_mask_crops(detector: torch.nn.Module) -> bool:
             and not getattr(roi_head, "semantic_head", None))
 
 
-def paste_mask_crop(prob: torch.Tensor, box: torch.Tensor, height: int, width: int,
-                    threshold: float) -> tuple[np.ndarray, tuple[int, int]] | None:
-    """A (h, w) mask probability map resampled into its box's pixel region and thresholded.
+def paste_mask_region(prob: torch.Tensor, box: torch.Tensor, bounds: Sequence[float],
+                      height: int, width: int, threshold: float
+                      ) -> tuple[torch.Tensor, tuple[int, int]] | None:
+    """A (h, w) mask probability map resampled into its box's pixel region and thresholded:
+    (bool region on the model's device, region's top-left (x, y)); None for an empty region.
 
     The arithmetic is that of mmdet's ``_do_paste_mask(skip_empty=True)`` for one box (same
-    region, same float32 sampling grid, ``grid_sample``), so the pixels are identical; the region
-    bounds come from Python floats because mmdet's tensor reductions for them cost 1-3 ms per
-    object on a CPU (more than the resampling). None when the thresholded mask is empty.
+    region, same float32 sampling grid, ``grid_sample``), so the pixels are identical. The
+    region bounds come from ``bounds``, the box as Python floats (one device-to-host copy for
+    all boxes), because mmdet's tensor reductions for them cost 1-3 ms per object on a CPU.
     """
-    x0f, y0f, x1f, y1f = box.tolist()
+    x0f, y0f, x1f, y1f = bounds
     c0, r0 = max(math.floor(x0f) - 1, 0), max(math.floor(y0f) - 1, 0)
     c1, r1 = min(math.ceil(x1f) + 1, width), min(math.ceil(y1f) + 1, height)
     if c1 <= c0 or r1 <= r0 or x1f <= x0f or y1f <= y0f:
@@ -55,11 +58,32 @@ def paste_mask_crop(prob: torch.Tensor, box: torch.Tensor, height: int, width: i
     grid = torch.stack([cols[None, :].expand(len(rows), len(cols)),
                         rows[:, None].expand(len(rows), len(cols))], dim=2)
     region = F.grid_sample(prob[None, None].to(torch.float32), grid[None], align_corners=False)
-    cropped = crop_mask((region[0, 0] >= threshold).cpu().numpy())
+    return region[0, 0] >= threshold, (c0, r0)
+
+
+def paste_mask_crop(prob: torch.Tensor, box: torch.Tensor, height: int, width: int,
+                    threshold: float) -> tuple[np.ndarray, tuple[int, int]] | None:
+    """One object's mask as a bool crop to its pixels and the crop's (x, y); None if empty."""
+    pasted = paste_mask_region(prob, box, box.tolist(), height, width, threshold)
+    return None if pasted is None else _tight(pasted[0].cpu().numpy(), pasted[1])
+
+
+def _tight(region: np.ndarray, origin: tuple[int, int]
+           ) -> tuple[np.ndarray, tuple[int, int]] | None:
+    cropped = crop_mask(region)
     if cropped is None:
         return None
     crop, (x, y) = cropped
-    return crop, (x + c0, y + r0)
+    return crop, (x + origin[0], y + origin[1])
+
+
+def _regions_to_host(regions: list[torch.Tensor]) -> list[np.ndarray]:
+    """Bool regions to numpy with one device-to-host copy (not one per object on a GPU)."""
+    if not regions:
+        return []
+    flat = torch.cat([r.reshape(-1) for r in regions]).cpu().numpy()
+    sizes = np.cumsum([r.numel() for r in regions])[:-1]
+    return [part.reshape(r.shape) for part, r in zip(np.split(flat, sizes), regions)]
 
 
 @torch.no_grad()
@@ -88,13 +112,18 @@ def predict_mask_crops(detector: Any, data: dict, score_thr: float) -> list[list
         probs = logit.sigmoid()
         height, width = meta["ori_shape"][:2]
         scores, labels = res.scores.cpu().numpy(), res.labels.cpu().numpy()
+        keep = np.flatnonzero(scores >= score_thr)
+        bounds = boxes[torch.as_tensor(keep, device=boxes.device)].tolist()
+        pasted = [paste_mask_region(probs[i, 0], boxes[i], b, height, width,
+                                    float(test_cfg.mask_thr_binary))
+                  for i, b in zip(keep, bounds)]
+        found = [(i, p) for i, p in zip(keep, pasted) if p is not None]
         dets = []
-        for i in np.flatnonzero(scores >= score_thr):
-            pasted = paste_mask_crop(probs[i, 0], boxes[i], height, width,
-                                     float(test_cfg.mask_thr_binary))
-            if pasted is None:  # empty after thresholding: no shape to measure
+        for (i, (_, origin)), region in zip(found, _regions_to_host([p[0] for _, p in found])):
+            tight = _tight(region, origin)
+            if tight is None:  # empty after thresholding: no shape to measure
                 continue
-            crop, (x0, y0) = pasted
+            crop, (x0, y0) = tight
             box = np.array([x0, y0, x0 + crop.shape[1], y0 + crop.shape[0]], float)
             dets.append(Detection(int(labels[i]), float(scores[i]), box, mask=crop,
                                   origin=(x0, y0)))
