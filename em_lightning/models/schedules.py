@@ -8,10 +8,24 @@ from collections.abc import Sequence
 import torch
 
 
-def lr_factor(step: int, total_steps: int, policy: str = "step", warmup_steps: int = 0,
+def warmup_length(warmup_steps: float, total_steps: int) -> int:
+    """Warm-up steps: ``warmup_steps`` itself when >= 1, else that fraction of the run.
+
+    A fraction keeps the warm-up proportionate on small data sets: mmdet's fixed 500 (or our
+    former 100) steps were 60 % of a 24-epoch run on 14 images, which then ended before the LR
+    had been at its full value at all.
+    """
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+    return int(warmup_steps) if warmup_steps >= 1 else round(warmup_steps * total_steps)
+
+
+def lr_factor(step: int, total_steps: int, policy: str = "step", warmup_steps: float = 0,
               warmup_ratio: float = 0.001, milestones: Sequence[float] = (0.67, 0.89),
               gamma: float = 0.1, min_lr_ratio: float = 0.0) -> float:
-    """Multiplier of the base LR at ``step``; milestones are fractions of ``total_steps``."""
+    """Multiplier of the base LR at ``step``; milestones are fractions of ``total_steps``;
+    ``warmup_steps`` < 1 is a fraction of ``total_steps`` (see :func:`warmup_length`)."""
+    warmup_steps = warmup_length(warmup_steps, total_steps)
     if warmup_steps > 0 and step < warmup_steps:
         return warmup_ratio + (1.0 - warmup_ratio) * step / warmup_steps
     if policy == "step":
