@@ -432,3 +432,24 @@ def test_mask_crops_equal_mmdets_full_image_paste():
         assert (want is None) == (got is None)
         if want is not None:
             assert got[1] == want[1] and np.array_equal(got[0], want[0])
+
+
+def test_a_tile_at_the_detection_cap_is_reported(tiny_vesicles, untrained_ckpt, tmp_path,
+                                                 caplog):
+    from omegaconf import OmegaConf
+
+    from em_lightning.data.transforms import normalize_em, read_grayscale
+    from em_lightning.inference.engine import ModelRunner, normalize_mode
+    from em_lightning.predict import load_model
+
+    cfg = compose_cfg(["task=vesicles", "experiment=tiny", f"data.root={tiny_vesicles}",
+                       f"ckpt_path={untrained_ckpt}",
+                       "model.detector.test_cfg.rcnn.max_per_img=3"], tmp_path)
+    pipeline = OmegaConf.to_container(cfg.data.test_pipeline, resolve=True)
+    gray = normalize_em(read_grayscale(tiny_vesicles / "images" / "val" / "vesicles_000.png"),
+                        normalize_mode(pipeline))
+    runner = ModelRunner(load_model(cfg), pipeline, cfg.data.scope, score_thr=0.0)
+    with caplog.at_level("WARNING", logger="em_lightning.inference.engine"):
+        assert len(runner([gray, gray])[0]) == 3
+    warnings = [r.getMessage() for r in caplog.records if "max_per_img" in r.getMessage()]
+    assert len(warnings) == 1 and "tile.size" in warnings[0]  # once, with the remedy

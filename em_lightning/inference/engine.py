@@ -11,6 +11,7 @@ of tiles and the images it touches are in memory.
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,8 @@ from em_lightning.registry import scope as openmmlab_scope
 
 __all__ = ["ModelRunner", "TiledPredictor", "build_pipeline", "normalize_mode",
            "threshold_in_model"]
+
+log = logging.getLogger(__name__)
 
 DetectFn = Callable[[list[np.ndarray]], list[list[Detection]]]
 #: steps of a test pipeline that read files or annotations; prediction starts from an array
@@ -132,6 +135,9 @@ class ModelRunner:
         self.detector = getattr(module, "detector", module)
         threshold_in_model(self.detector, score_thr)
         self.mask_crops = supports_mask_crops(self.detector)
+        test_cfg = getattr(getattr(self.detector, "roi_head", None), "test_cfg", None) or {}
+        self.max_per_img = test_cfg.get("max_per_img")
+        self.warned_full = False
         self.pipeline = build_pipeline(test_pipeline, scope, scale)
         self.scope = scope
         self.score_thr = score_thr
@@ -149,9 +155,22 @@ class ModelRunner:
         with openmmlab_scope(self.scope):
             if self.mask_crops:  # same values, without image-sized mask arrays
                 data = self.detector.data_preprocessor(batch, training=False)
-                return predict_mask_crops(self.detector, data, self.score_thr)
-            preds = self.module.predict_samples(batch)
-        return [detections_from_instances(p.pred_instances, self.score_thr) for p in preds]
+                out = predict_mask_crops(self.detector, data, self.score_thr)
+            else:
+                preds = self.module.predict_samples(batch)
+                out = [detections_from_instances(p.pred_instances, self.score_thr)
+                       for p in preds]
+        self._warn_if_full(out)
+        return out
+
+    def _warn_if_full(self, detections: list[list[Detection]]) -> None:
+        """Say (once) when a tile hit the detector's cap: objects beyond it are lost."""
+        full = [len(d) for d in detections if self.max_per_img and len(d) >= self.max_per_img]
+        if full and not self.warned_full:
+            self.warned_full = True
+            log.warning("a tile gave %d detections, the model's max_per_img: objects beyond it "
+                        "are missing. Use smaller tiles (tile.size=...) or raise "
+                        "model.detector.test_cfg.rcnn.max_per_img", full[0])
 
 
 @dataclass
