@@ -131,6 +131,11 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         "seconds": round(seconds, 2),
         "seconds_per_image": round(seconds / len(images), 3) if images else None,
     }
+    if runner.warned_full:
+        summary["problems"] = [
+            f"some tiles reached the model's max_per_img ({runner.max_per_img} detections): "
+            "objects beyond it are missing; use a smaller tile.size or raise "
+            "model.detector.test_cfg.rcnn.max_per_img"]
     write_outputs(out_dir, cfg, summary, parts, images, coco, overlays)
     if not images:
         raise RuntimeError(f"{cfg.input}: none of the {len(files)} files could be read; see "
@@ -143,7 +148,7 @@ def write_outputs(out_dir: Path, cfg: DictConfig, summary: dict, parts: list, im
     """Tables, COCO files, figures, summary.json and the report."""
     classes = summary["classes"]
     objects = concat_objects(parts, cfg.pixel_size_nm)
-    problems: list[str] = []
+    problems: list[str] = list(summary.get("problems", []))
     tables = write_tables(out_dir, objects, images, classes, problems)
     summary["problems"] = problems
     (out_dir / "coco_results.json").write_text(json.dumps(coco))

@@ -453,3 +453,24 @@ def test_a_tile_at_the_detection_cap_is_reported(tiny_vesicles, untrained_ckpt, 
         assert len(runner([gray, gray])[0]) == 3
     warnings = [r.getMessage() for r in caplog.records if "max_per_img" in r.getMessage()]
     assert len(warnings) == 1 and "tile.size" in warnings[0]  # once, with the remedy
+
+
+def test_capped_tiles_are_listed_in_the_summary_problems(tiny_vesicles, untrained_ckpt,
+                                                         tmp_path):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    from em_lightning.predict import predict
+
+    overrides = ["task=vesicles", "experiment=tiny", f"ckpt_path={untrained_ckpt}",
+                 f"input={tiny_vesicles / 'images' / 'val'}", f"output={tmp_path / 'out'}",
+                 "score_thr=0.0", "overlays=false", "device=cpu",
+                 "model.detector.test_cfg.rcnn.max_per_img=2"]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("predict", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.output_dir = cfg.hydra.runtime.output_dir = str(tmp_path / "out")
+    summary = predict(cfg)
+    assert any("max_per_img" in p for p in summary["problems"])
+    saved = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert saved["problems"] == summary["problems"]
