@@ -327,8 +327,9 @@ def test_predict_reads_png_and_16bit_tiff_and_tiles_the_large_image(predict_run)
                    "aspect_ratio", "orientation_deg", "circularity", "solidity",
                    "mean_intensity"):
         assert sizable[column].notna().all(), column
-    if summary["problems"]:  # no usable Parquet engine in this environment: said so
-        assert "parquet" in summary["problems"][0].lower()
+    other = [p for p in summary["problems"] if "max_per_img" not in p]  # untrained: capped
+    if other:  # no usable Parquet engine in this environment: said so
+        assert "parquet" in other[0].lower()
     else:
         assert len(pd.read_parquet(predict_run / "objects.parquet")) == len(objects)
     for name in ("a.png", "sub__b16.png", "mosaic.png"):
