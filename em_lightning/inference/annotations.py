@@ -59,9 +59,7 @@ def instance_detection(instance: Mapping[str, Any], height: int, width: int
                                                                              width)
         if cropped is None:
             return None
-        crop, (x0, y0) = cropped
-        box = np.array([x0, y0, x0 + crop.shape[1], y0 + crop.shape[0]], float)
-        return Detection(label, 1.0, box, mask=crop, origin=(x0, y0))
+        return Detection.from_crop(label, 1.0, *cropped)
     bbox = np.asarray(instance.get("bbox", []), float)
     if bbox.size != 8:
         return None

@@ -38,6 +38,14 @@ class Detection:
     cut: bool = False
     owned: bool = True
 
+    @classmethod
+    def from_crop(cls, label: int, score: float, crop: np.ndarray,
+                  origin: tuple[int, int]) -> Detection:
+        """A mask detection whose box is the crop's pixel extent."""
+        x0, y0 = origin
+        box = np.array([x0, y0, x0 + crop.shape[1], y0 + crop.shape[0]], float)
+        return cls(label, score, box, mask=crop, origin=(x0, y0))
+
     @property
     def centre(self) -> tuple[float, float]:
         if self.rbox is not None:

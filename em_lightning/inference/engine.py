@@ -87,10 +87,7 @@ def detections_from_instances(pred: Any, score_thr: float) -> list[Detection]:
             cropped = crop_mask(_to_numpy(masks[int(i)]).astype(bool))
             if cropped is None:
                 continue
-            crop, (x0, y0) = cropped
-            box = np.array([x0, y0, x0 + crop.shape[1], y0 + crop.shape[0]], float)
-            out.append(Detection(int(labels[i]), float(scores[i]), box, mask=crop,
-                                 origin=(x0, y0)))
+            out.append(Detection.from_crop(int(labels[i]), float(scores[i]), *cropped))
         return out
     boxes = _to_numpy(pred.bboxes).astype(float)
     for i in keep:

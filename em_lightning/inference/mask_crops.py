@@ -123,9 +123,6 @@ def predict_mask_crops(detector: Any, data: dict, score_thr: float) -> list[list
             tight = _tight(region, origin)
             if tight is None:  # empty after thresholding: no shape to measure
                 continue
-            crop, (x0, y0) = tight
-            box = np.array([x0, y0, x0 + crop.shape[1], y0 + crop.shape[0]], float)
-            dets.append(Detection(int(labels[i]), float(scores[i]), box, mask=crop,
-                                  origin=(x0, y0)))
+            dets.append(Detection.from_crop(int(labels[i]), float(scores[i]), *tight))
         out.append(dets)
     return out
