@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 # setuptools < 81 still ships pkg_resources (mmcv's setup.py needs it); torch 2.14 needs >= 77.0.3
 SETUPTOOLS := setuptools==80.9.0
 
-.PHONY: install test test-slow lint bench clean-venv help
+.PHONY: install test test-slow lint bench bench-accuracy clean-venv help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -32,6 +32,9 @@ lint:  ## ruff
 
 bench:  ## benchmarks (print tables; see BENCHMARKS.md)
 	$(PY) benchmarks/run_all.py
+
+bench-accuracy:  ## train both CPU recipes on the demo data and print the accuracy table (~2 h)
+	$(PY) benchmarks/accuracy.py --train
 
 clean-venv:  ## remove .venv (the mmcv wheel cache outside the checkout is kept)
 	rm -rf $(VENV)
