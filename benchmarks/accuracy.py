@@ -96,7 +96,7 @@ def run_trainings(tasks: Sequence[str], out: Path, side_by_side: bool, quick: bo
 
 
 def run_budget(run_dir: Path) -> dict:
-    """Epochs begun and optimizer steps logged (CSV log), wall minutes (first/last train.log line)."""
+    """Epochs begun and steps logged (CSV log); wall minutes (first/last train.log line)."""
     epochs = steps = 0
     csv_path = run_dir / "csv" / "metrics.csv"
     if csv_path.is_file():
