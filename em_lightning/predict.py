@@ -132,10 +132,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         "seconds_per_image": round(seconds / len(images), 3) if images else None,
     }
     if runner.warned_full:
-        summary["problems"] = [
-            f"some tiles reached the model's max_per_img ({runner.max_per_img} detections): "
-            "objects beyond it are missing; use a smaller tile.size or raise "
-            "model.detector.test_cfg.rcnn.max_per_img"]
+        summary["problems"] = [runner.cap_problem()]
     write_outputs(out_dir, cfg, summary, parts, images, coco, overlays)
     if not images:
         raise RuntimeError(f"{cfg.input}: none of the {len(files)} files could be read; see "

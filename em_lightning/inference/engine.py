@@ -160,14 +160,19 @@ class ModelRunner:
         self._warn_if_full(out)
         return out
 
+    def cap_problem(self) -> str:
+        """What hitting the detector's cap means and what to do (log and summary say the same)."""
+        return (f"some tiles reached the model's max_per_img ({self.max_per_img} detections): "
+                "objects beyond it are missing; use a smaller tile.size or raise "
+                "model.detector.test_cfg.rcnn.max_per_img")
+
     def _warn_if_full(self, detections: list[list[Detection]]) -> None:
         """Say (once) when a tile hit the detector's cap: objects beyond it are lost."""
-        full = [len(d) for d in detections if self.max_per_img and len(d) >= self.max_per_img]
-        if full and not self.warned_full:
+        if self.warned_full or not self.max_per_img:
+            return
+        if any(len(d) >= self.max_per_img for d in detections):
             self.warned_full = True
-            log.warning("a tile gave %d detections, the model's max_per_img: objects beyond it "
-                        "are missing. Use smaller tiles (tile.size=...) or raise "
-                        "model.detector.test_cfg.rcnn.max_per_img", full[0])
+            log.warning(self.cap_problem())
 
 
 @dataclass
