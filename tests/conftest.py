@@ -14,14 +14,20 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 
-def compose_cfg(overrides: list[str], tmp_path: Path | None = None) -> DictConfig:
-    """The training config as ``python -m em_lightning.train <overrides>`` would see it."""
+def compose_cfg(overrides: list[str], tmp_path: Path | None = None, config: str = "train",
+                output_dir: Path | None = None) -> DictConfig:
+    """The config as ``python -m em_lightning.<config> <overrides>`` would see it.
+
+    The run's output directory is ``output_dir``, else ``tmp_path/run`` (else Hydra's default).
+    """
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    if tmp_path is not None:
+        cfg = compose(config, overrides=overrides, return_hydra_config=True)
+    if output_dir is None and tmp_path is not None:
+        output_dir = tmp_path / "run"
+    if output_dir is not None:
         with open_dict(cfg):
-            cfg.paths.output_dir = str(tmp_path / "run")
-            cfg.hydra.runtime.output_dir = str(tmp_path / "run")
+            cfg.paths.output_dir = str(output_dir)
+            cfg.hydra.runtime.output_dir = str(output_dir)
     return cfg
 
 

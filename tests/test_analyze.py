@@ -11,17 +11,15 @@ import numpy as np
 import pandas as pd
 import pycocotools.mask as mask_utils
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from pycocotools.coco import COCO
 
 from em_lightning.analyze import analyze
-from tests.conftest import CONF_DIR
+from tests.conftest import compose_cfg
 
 
 def analyze_cfg(overrides: list[str]) -> DictConfig:
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("analyze", overrides=overrides)
+    return compose_cfg(overrides, config="analyze")
 
 
 def annotation_counts(ann_file: Path) -> tuple[Counter, Counter]:

@@ -6,11 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
 from pycocotools.coco import COCO
 
-from tests.conftest import CONF_DIR, compose_cfg
+from tests.conftest import compose_cfg
 
 
 def train_one_epoch(task: str, root: Path, out: Path) -> Path:
@@ -23,13 +21,9 @@ def train_one_epoch(task: str, root: Path, out: Path) -> Path:
 
 
 def evaluate_cfg(task: str, root: Path, ckpt: Path, out: Path):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("evaluate", overrides=[
-            f"task={task}", "experiment=tiny", f"data.root={root}", f"ckpt_path={ckpt}",
-            "splits=[val,train]"], return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out)
-    return cfg
+    return compose_cfg([f"task={task}", "experiment=tiny", f"data.root={root}",
+                        f"ckpt_path={ckpt}", "splits=[val,train]"],
+                       config="evaluate", output_dir=out)
 
 
 @pytest.mark.parametrize("task,fixture", [("vesicles", "tiny_vesicles"),

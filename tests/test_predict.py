@@ -381,18 +381,15 @@ def test_bad_input_names_the_path(untrained_ckpt, tmp_path):
 
 def test_rotated_boxes_predict_in_process_and_load_as_coco(tiny_nanorods, tmp_path):
     """Nanorods: rotated boxes from an untrained rotated Faster R-CNN, glob input, COCO rbox."""
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
     from em_lightning.predict import predict
-    from tests.conftest import CONF_DIR
 
     torch.manual_seed(0)
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("predict", overrides=[
-            "task=nanorods", "experiment=tiny", f"ckpt_path={tmp_path / 'rods.ckpt'}",
-            f"input={tiny_nanorods}/images/val/*.png", f"output={tmp_path / 'out'}",
-            "score_thr=0.2", "tile.size=96", "tile.overlap=32", "device=cpu"])
+    cfg = compose_cfg([
+        "task=nanorods", "experiment=tiny", f"ckpt_path={tmp_path / 'rods.ckpt'}",
+        f"input={tiny_nanorods}/images/val/*.png", f"output={tmp_path / 'out'}",
+        "score_thr=0.2", "tile.size=96", "tile.overlap=32", "device=cpu"], config="predict")
     torch.save({"state_dict": instantiate(cfg.model).state_dict()}, tmp_path / "rods.ckpt")
     summary = predict(cfg)
     out = tmp_path / "out"
@@ -458,20 +455,13 @@ def test_a_tile_at_the_detection_cap_is_reported(tiny_vesicles, untrained_ckpt, 
 
 def test_capped_tiles_are_listed_in_the_summary_problems(tiny_vesicles, untrained_ckpt,
                                                          tmp_path):
-    from hydra import compose, initialize_config_dir
-    from omegaconf import open_dict
-
     from em_lightning.predict import predict
 
     overrides = ["task=vesicles", "experiment=tiny", f"ckpt_path={untrained_ckpt}",
                  f"input={tiny_vesicles / 'images' / 'val'}", f"output={tmp_path / 'out'}",
                  "score_thr=0.0", "overlays=false", "device=cpu",
                  "model.detector.test_cfg.rcnn.max_per_img=2"]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("predict", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.paths.output_dir = cfg.hydra.runtime.output_dir = str(tmp_path / "out")
-    summary = predict(cfg)
+    summary = predict(compose_cfg(overrides, config="predict", output_dir=tmp_path / "out"))
     assert any("max_per_img" in p for p in summary["problems"])
     saved = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert saved["problems"] == summary["problems"]
