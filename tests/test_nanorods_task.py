@@ -87,12 +87,11 @@ def _rod_image(size=128):
     return img, box
 
 
-def test_augmented_box_still_covers_the_rod_pixels(tmp_path):
-    """Flip, transpose and free rotation move the image and the rotated box together."""
+def _rod_dataset(tmp_path, *overrides):
+    """The augmented training set of one image holding the rod of ``_rod_image``."""
     import cv2
 
     from em_lightning.data.rotated_formats import RotatedImage, RotatedObject, write_coco_rotated
-    from em_lightning.visualize import rbox_corners
 
     img, box = _rod_image()
     root = tmp_path / "rod"
@@ -101,29 +100,64 @@ def test_augmented_box_still_covers_the_rod_pixels(tmp_path):
     (root / "annotations").mkdir()
     write_coco_rotated([RotatedImage("train/rod.png", 128, 128, [RotatedObject("nanorod", *box)])],
                        ["nanorod"], root / "annotations" / "train.json")
-    dm = datamodule(root, tmp_path, "data.augment.flip_prob=0.3", "data.augment.rotate_prob=1.0",
-                    "data.augment.transpose_prob=0.5", "data.augment.noise_std=0",
-                    "data.augment.brightness=0", "data.augment.contrast=0",
-                    "data.augment.gamma=0")
-    dataset = dm.build_dataset("train", augment=True)
+    no_jitter = ["data.augment.noise_std=0", "data.augment.brightness=0",
+                 "data.augment.contrast=0", "data.augment.gamma=0"]
+    return datamodule(root, tmp_path, *no_jitter, *overrides).build_dataset("train", augment=True)
+
+
+def _assert_box_covers_rod(image: np.ndarray, rbox: np.ndarray, edge: float = 1.0) -> None:
+    """The rod's pixels are bright inside the box and (almost) none lie further than ``edge``
+    pixels (interpolated edges) outside it."""
+    import cv2
+
+    from em_lightning.visualize import rbox_corners
+
+    def fill(box):
+        mask = np.zeros(image.shape, np.uint8)
+        cv2.fillPoly(mask, [np.round((rbox_corners(box)[0] - 0.5) * 16).astype(np.int32)], 1,
+                     shift=4)
+        return mask > 0
+
+    grown = rbox + np.array([0, 0, 2 * edge, 2 * edge, 0], np.float32)
+    inside, covered = image[fill(rbox)].mean(), fill(grown)[image > 127].mean()
+    assert inside > 200 and covered > 0.995, (rbox, inside, covered)
+
+
+def test_augmented_box_still_covers_the_rod_pixels(tmp_path):
+    """Flip, transpose and free rotation move the image and the rotated box together."""
+    dataset = _rod_dataset(tmp_path, "data.augment.flip_prob=0.3", "data.augment.rotate_prob=1.0",
+                           "data.augment.transpose_prob=0.5")
     np.random.seed(3)
     angles = set()
     for _ in range(12):
         item = dataset[0]
-        out = item["inputs"][0].numpy()
         rbox = item["data_samples"].gt_instances.bboxes.tensor[0].numpy()
         angles.add(round(float(rbox[4]), 2))
-        mask = np.zeros(out.shape, np.uint8)
-        cv2.fillPoly(mask, [np.round((rbox_corners(rbox)[0] - 0.5) * 16).astype(np.int32)], 1,
-                     shift=4)
-        grown = rbox + np.array([0, 0, 2, 2, 0], np.float32)  # 1 px for interpolated edges
-        near = np.zeros(out.shape, np.uint8)
-        cv2.fillPoly(near, [np.round((rbox_corners(grown)[0] - 0.5) * 16).astype(np.int32)], 1,
-                     shift=4)
-        inside = out[mask > 0].mean()
-        covered = (near[out > 127] > 0).mean()
-        assert inside > 200 and covered > 0.995, (rbox, inside, covered)
+        _assert_box_covers_rod(item["inputs"][0].numpy(), rbox)
     assert len(angles) > 4  # the rotations really varied
+
+
+def test_magnified_crops_scale_the_box_with_the_rod(tmp_path):
+    """image_size 2x the image, crop_size = the image: crops of the magnified image whose rod
+    (60 x 8 px) is 120 x 16 px; a rod whose centre leaves the crop leaves the annotations."""
+    dataset = _rod_dataset(tmp_path, "data.image_size=256", "data.crop_size=128",
+                           "data.augment.flip_prob=0", "data.augment.rotate_prob=0",
+                           "data.augment.transpose_prob=0")
+    np.random.seed(0)
+    kept = 0
+    for _ in range(12):
+        item = dataset[0]
+        image = item["inputs"][0].numpy()
+        assert image.shape == (128, 128)
+        boxes = item["data_samples"].gt_instances.bboxes.tensor.numpy()
+        for rbox in boxes:
+            kept += 1
+            assert rbox[2:4] == pytest.approx([120.0, 16.0], abs=0.01)
+            assert 0 <= rbox[0] < 128 and 0 <= rbox[1] < 128
+            _assert_box_covers_rod(image, rbox, edge=2.0)  # edges blur over 2 px at 2x
+        if len(boxes) == 0:
+            assert (image > 127).sum() < 120 * 16 / 2  # at most a cut end of the rod
+    assert 0 < kept < 12
 
 
 def test_nonfinite_loss_is_skipped_then_stops(tiny_nanorods, tmp_path):

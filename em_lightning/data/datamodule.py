@@ -33,10 +33,24 @@ def _format_split(value: Any, split: str) -> Any:
 TUPLE_KEYS = frozenset({"scale", "crop_size", "ratio_range", "min_gt_bbox_wh", "pad_val"})
 
 
+#: probability arguments that OpenMMLab transforms check to be floats (``flip_prob=0`` is an int)
+PROB_KEYS = frozenset({"prob"})
+
+
+def _from_yaml(key: str, value):
+    if key in TUPLE_KEYS and isinstance(value, list):
+        return tuple(value)
+    if key in PROB_KEYS and isinstance(value, list):
+        return [float(v) for v in value]
+    if key in PROB_KEYS and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
 def pipeline_from_yaml(pipeline: list) -> list:
-    """Copy of a YAML pipeline with the size-like arguments turned into tuples."""
-    return [{k: tuple(v) if k in TUPLE_KEYS and isinstance(v, list) else v
-             for k, v in step.items()} for step in copy.deepcopy(pipeline)]
+    """Copy of a YAML pipeline with the size-like arguments turned into tuples and the
+    probabilities into floats."""
+    return [{k: _from_yaml(k, v) for k, v in step.items()} for step in copy.deepcopy(pipeline)]
 
 
 class DetectionDataModule(pl.LightningDataModule):
