@@ -123,10 +123,14 @@ def read_run(run_dir: Path) -> tuple[str, dict, dict]:
     config = record["config"]
     task = config["task"]["name"]
     detector = config["model"]["detector"]
+    size, crop = config["data"]["image_size"], config["data"].get("crop_size")
+    load_from = config["model"].get("load_from")
     recipe = {
         "backbone": f"R-{detector['backbone']['depth']}",
         "fpn": detector["neck"]["out_channels"],
-        "px": config["data"]["image_size"],
+        "px": size if crop in (None, size) else f"{size} (crops {crop})",
+        # a run continued from another run's weights: that run's folder
+        "from": Path(load_from).parent.parent.name if load_from else "scratch",
         "batch": config["data"]["batch_size"],
         "lr": config["model"]["optimizer"]["lr"],
         "max_epochs": config["trainer"]["max_epochs"],
@@ -141,25 +145,29 @@ def fmt(value: float | None) -> str:
 
 def print_report(run_dirs: Sequence[Path]) -> None:
     rows, budgets = [], []
-    for run_dir in run_dirs:
-        task, metrics, recipe = read_run(run_dir)
+    runs = [(run_dir, *read_run(run_dir)) for run_dir in run_dirs]
+    tasks = [task for _, task, _, _ in runs]
+    for run_dir, task, metrics, recipe in runs:
         budget = run_budget(run_dir)
-        budgets.append([task, str(run_dir), recipe["backbone"], recipe["fpn"], recipe["px"],
-                        recipe["batch"], recipe["lr"], f"{budget['epochs']}/{recipe['max_epochs']}",
-                        budget["steps"], f"{budget['wall_min']:.0f}", recipe["checkpoint"]])
+        budgets.append([task, str(run_dir), recipe["from"], recipe["backbone"], recipe["fpn"],
+                        recipe["px"], recipe["batch"], recipe["lr"],
+                        f"{budget['epochs']}/{recipe['max_epochs']}", budget["steps"],
+                        f"{budget['wall_min']:.0f}", recipe["checkpoint"]])
+        # several runs of one task: name the run on each row
+        label = f"{task} ({run_dir.name})" if tasks.count(task) > 1 else task
         for row in ROWS[task]:
             train = metrics.get(f"train/{row.key}")
             val = metrics.get(f"val/{row.key}")
             reached = "-" if row.target is None or val is None else (
                 "yes" if val >= row.target else "no")
-            rows.append([f"{task} / {row.label}", row.metric, fmt(train), fmt(val),
+            rows.append([f"{label} / {row.label}", row.metric, fmt(train), fmt(val),
                          fmt(row.reference), fmt(row.target), reached])
     print(hardware())
     print_table(["task / class", "metric", "train", "val", "reference (real data, val)",
                  "target (demo, val)", "reached"], rows)
     print()
-    print_table(["task", "run", "backbone", "FPN ch", "px", "batch", "lr", "epochs", "steps",
-                 "wall min", "best checkpoint"], budgets)
+    print_table(["task", "run", "weights from", "backbone", "FPN ch", "px", "batch", "lr",
+                 "epochs", "steps", "wall min", "best checkpoint"], budgets)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
