@@ -74,22 +74,28 @@ def model_overrides(depth: int, heads: str = "default") -> list[str]:
     return out
 
 
-def compose_cfg(task: str, image_size: int, data_dir: Path, overrides: Sequence[str] = (),
-                output_dir: Path | None = None) -> Any:
-    """The training config of ``task`` at ``image_size`` px on a demo set under ``data_dir``."""
+def compose_config(name: str, overrides: Sequence[str], output_dir: Path | None = None) -> Any:
+    """The config ``python -m em_lightning.<name> <overrides>`` would see, its run directory
+    ``output_dir`` (default: a scratch folder)."""
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
 
-    root = Path(data_dir) / f"{task}_{image_size}"
-    base = [f"task={task}", f"data.root={root}", f"data.image_size={image_size}",
-            f"data.demo.image_size={image_size}"]
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=base + list(overrides), return_hydra_config=True)
+        cfg = compose(name, overrides=list(overrides), return_hydra_config=True)
     out = str(output_dir or scratch("hydra_"))
     with open_dict(cfg):
         cfg.paths.output_dir = out
         cfg.hydra.runtime.output_dir = out
     return cfg
+
+
+def compose_cfg(task: str, image_size: int, data_dir: Path, overrides: Sequence[str] = (),
+                output_dir: Path | None = None) -> Any:
+    """The training config of ``task`` at ``image_size`` px on a demo set under ``data_dir``."""
+    root = Path(data_dir) / f"{task}_{image_size}"
+    base = [f"task={task}", f"data.root={root}", f"data.image_size={image_size}",
+            f"data.demo.image_size={image_size}"]
+    return compose_config("train", base + list(overrides), output_dir)
 
 
 def run_child(argv: Sequence[str]) -> dict:

@@ -46,6 +46,7 @@ from common import (
     ROOT,
     TASKS,
     compose_cfg,
+    compose_config,
     hardware,
     median,
     model_overrides,
@@ -160,16 +161,13 @@ def predict_cli_side(cfg: Any, ckpt: str | None, score_thr: float, batch_size: i
     """``em_lightning.predict.predict`` on the image folder (needs a checkpoint file)."""
     if not ckpt:
         return None
-    from hydra import compose, initialize_config_dir
-
     from em_lightning.predict import predict
 
     overrides = [f"task={cfg.task_name}", f"data.root={cfg.data.root}",
                  f"data.image_size={cfg.data.image_size}", f"ckpt_path={ckpt}",
                  f"input={input_dir}", f"score_thr={score_thr}", f"batch_size={batch_size}",
                  "overlays=false", "device=cpu" if not _cuda() else "device=cuda"]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        pcfg = compose("predict", overrides=overrides + list(cfg.bench_overrides))
+    pcfg = compose_config("predict", overrides + list(cfg.bench_overrides))
 
     def run(files: list[str]) -> int:
         pcfg.output = scratch("predict_")
