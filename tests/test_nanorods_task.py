@@ -160,6 +160,15 @@ def test_magnified_crops_scale_the_box_with_the_rod(tmp_path):
     assert 0 < kept < 12
 
 
+@pytest.mark.parametrize("override", ["data.crop_size=0", "data.image_size=-512"])
+def test_nonpositive_sizes_are_a_clear_error(override, tmp_path):
+    from hydra.errors import InstantiationException  # wraps the datamodule's ValueError
+
+    key = override.split("=")[0]
+    with pytest.raises(InstantiationException, match=f"{key} must be a positive"):
+        datamodule(tmp_path / "unused", tmp_path, override)
+
+
 def test_nonfinite_loss_is_skipped_then_stops(tiny_nanorods, tmp_path):
     from mmengine.dataset import pseudo_collate
 

@@ -76,6 +76,10 @@ class DetectionDataModule(pl.LightningDataModule):
                  strict: bool = True, pin_memory: bool = False, scope: str = "mmdet",
                  **settings: Any) -> None:
         super().__init__()
+        for key in ("image_size", "crop_size"):  # mmdet's own checks are bare assertions
+            value = settings.get(key)
+            if value is not None and not (isinstance(value, int) and value > 0):
+                raise ValueError(f"data.{key} must be a positive number of pixels, got {value!r}")
         self.root = str(Path(root).expanduser())
         self.classes = list(classes)
         self.dataset_cfg = dict(dataset)
