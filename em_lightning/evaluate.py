@@ -19,6 +19,7 @@ from em_lightning.callbacks import PredictionOverlays
 from em_lightning.evaluation import DetectionEvaluator
 from em_lightning.models.builder import load_checkpoint_file
 from em_lightning.registry import register_all_modules
+from em_lightning.runner import build_data_and_model
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -46,9 +47,8 @@ def evaluate(cfg: DictConfig) -> dict[str, dict[str, float]]:
     register_all_modules()
     pl.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
-    datamodule = instantiate(cfg.data)
+    datamodule, model = build_data_and_model(cfg)
     datamodule.prepare_data()
-    model = instantiate(cfg.model)
     state = load_checkpoint_file(cfg.ckpt_path)
     model.load_state_dict(state)
     # the task's trainer config: `trainer=ddp` evaluates on several devices/processes, the

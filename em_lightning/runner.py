@@ -19,6 +19,19 @@ def resolved(cfg: DictConfig) -> dict:
             else node for key, node in cfg.items() if key != "hydra"}
 
 
+def build_data_and_model(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule]:
+    """The datamodule and the model of ``cfg``. Both must use one OpenMMLab library (mmdet for
+    vesicles, mmrotate for nanorods): a model picked for the other task otherwise fails only in
+    the first step, in a bare assertion deep inside mmrotate."""
+    model_scope, data_scope = cfg.model.get("scope", "mmdet"), cfg.data.get("scope", "mmdet")
+    if model_scope != data_scope:
+        raise ValueError(
+            f"the model is an {model_scope} detector but task={cfg.get('task_name')} has "
+            f"{data_scope} data: choose the model after the task (e.g. task=nanorods "
+            f"model=oriented_rcnn)")
+    return instantiate(cfg.data), instantiate(cfg.model)
+
+
 def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
     out = []
     for name, node in (cfg.get("callbacks") or {}).items():

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from em_lightning.registry import register_all_modules
-from em_lightning.runner import as_float, build_trainer, finish_loggers
+from em_lightning.runner import as_float, build_data_and_model, build_trainer, finish_loggers
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -38,8 +37,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then evaluate the best checkpoint on val and (optionally) train; write metrics.json."""
     register_all_modules()
     pl.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model)
+    datamodule, model = build_data_and_model(cfg)
     trainer = build_trainer(cfg)
     out_dir = Path(cfg.paths.output_dir)
     try:

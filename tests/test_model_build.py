@@ -22,23 +22,26 @@ def one_training_step(task: str, root, tmp_path, *extra: str) -> tuple[float, in
     return float(loss), grads, model
 
 
-@pytest.mark.parametrize("task,fixture", [("vesicles", "tiny_vesicles"),
-                                          ("nanorods", "tiny_nanorods")])
-def test_forward_backward_step(task, fixture, request, tmp_path):
+@pytest.mark.parametrize("task,fixture,extra,rpn,roi_layer", [
+    ("vesicles", "tiny_vesicles", [], "RPNHead", "RoIAlign"),
+    ("nanorods", "tiny_nanorods", [], "RPNHead", "RoIAlign"),
+    ("nanorods", "tiny_nanorods", ["model=oriented_rcnn"], "OrientedRPNHead", "RoIAlignRotated"),
+])
+def test_forward_backward_step(task, fixture, extra, rpn, roi_layer, request, tmp_path):
     root = request.getfixturevalue(fixture)
-    loss, grads, _ = one_training_step(task, root, tmp_path)
+    loss, grads, model = one_training_step(task, root, tmp_path, *extra)
+    assert type(model.detector.rpn_head).__name__ == rpn
+    assert type(model.detector.roi_head.bbox_roi_extractor.roi_layers[0]).__name__ == roi_layer
     assert torch.isfinite(torch.tensor(loss)) and loss > 0
     assert grads > 10  # gradients reach backbone, neck and heads
 
 
-def test_oriented_rcnn_pools_rotated_rois(tiny_nanorods, tmp_path):
-    loss, grads, model = one_training_step("nanorods", tiny_nanorods, tmp_path,
-                                           "model=oriented_rcnn")
-    roi_layer = model.detector.roi_head.bbox_roi_extractor.roi_layers[0]
-    assert type(model.detector.rpn_head).__name__ == "OrientedRPNHead"
-    assert type(roi_layer).__name__ == "RoIAlignRotated"
-    assert torch.isfinite(torch.tensor(loss)) and loss > 0
-    assert grads > 10
+def test_model_of_the_other_task_is_a_clear_error():
+    from em_lightning.runner import build_data_and_model
+
+    cfg = compose_cfg(["task=vesicles", "model=oriented_rcnn", "experiment=tiny"])
+    with pytest.raises(ValueError, match="mmrotate detector but task=vesicles has mmdet data"):
+        build_data_and_model(cfg)
 
 
 def test_default_models_build_at_full_size():
