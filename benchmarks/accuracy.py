@@ -142,6 +142,7 @@ def read_run(run_dir: Path) -> tuple[str, dict, dict]:
         "lr": config["model"]["optimizer"]["lr"],
         "max_epochs": config["trainer"]["max_epochs"],
         "proposals": "rotated" if "Oriented" in detector["rpn_head"]["type"] else "horizontal",
+        "demo_px": config["data"]["demo"]["image_size"],
     }
     data = json.loads(metrics_path.read_text())
     return task, data["metrics"], recipe | {"checkpoint": data["checkpoint"] or ""}
@@ -161,17 +162,19 @@ def recipe_overrides(run_dir: Path) -> list[str]:
     return [o for o in overrides if RECIPE_KEYS.match(o)]
 
 
-def heldout_metrics(run_dir: Path, checkpoint: str, n_images: int, seed: int,
+def heldout_metrics(run_dir: Path, task: str, recipe: dict, n_images: int, seed: int,
                     data_dir: Path) -> dict:
-    """Metrics of ``checkpoint`` on ``n_images`` demo images generated with ``seed`` (val split
-    of a fresh demo set), evaluated once and kept in ``run_dir/heldout_seed<seed>_n<n>``."""
+    """Metrics of the run's best checkpoint on ``n_images`` demo images generated with ``seed``
+    (val split of a fresh demo set), evaluated once and kept in
+    ``run_dir/heldout_seed<seed>_n<n>``."""
+    checkpoint = recipe["checkpoint"]
     out = run_dir / f"heldout_seed{seed}_n{n_images}"
     cached = out / "metrics.json"
-    if cached.is_file() and json.loads(cached.read_text())["checkpoint"] == checkpoint:
-        return json.loads(cached.read_text())["metrics"]["val"]
-    config = json.loads((run_dir / "run_record.json").read_text())["config"]
-    task, size = config["task"]["name"], config["data"]["demo"]["image_size"]
-    root = data_dir / f"{task}_{size}px_seed{seed}_n{n_images}"
+    if cached.is_file():
+        data = json.loads(cached.read_text())
+        if data["checkpoint"] == checkpoint:
+            return data["metrics"]["val"]
+    root = data_dir / f"{task}_{recipe['demo_px']}px_seed{seed}_n{n_images}"
     cmd = [sys.executable, "-m", "em_lightning.evaluate", *recipe_overrides(run_dir),
            f"ckpt_path={checkpoint}", f"data.root={root}", "data.num_workers=0",
            f"++data.demo.seed={seed}", "++data.demo.n_train=1", f"++data.demo.n_val={n_images}",
@@ -198,7 +201,7 @@ def print_report(run_dirs: Sequence[Path], heldout: int = 0, heldout_seed: int =
                         recipe["proposals"], recipe["px"], recipe["batch"], recipe["lr"],
                         f"{budget['epochs']}/{recipe['max_epochs']}", budget["steps"],
                         f"{budget['wall_min']:.0f}", Path(recipe["checkpoint"]).name])
-        held = (heldout_metrics(run_dir, recipe["checkpoint"], heldout, heldout_seed, data_dir)
+        held = (heldout_metrics(run_dir, task, recipe, heldout, heldout_seed, data_dir)
                 if heldout else {})
         # several runs of one task: name the run on each row
         label = f"{task} ({run_dir.name})" if tasks.count(task) > 1 else task
@@ -242,6 +245,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.heldout < 0:
+        print(f"--heldout must be a number of images >= 0, got {args.heldout}", file=sys.stderr)
+        return 2
     runs = list(args.runs)
     if args.train:
         t0 = time.perf_counter()
