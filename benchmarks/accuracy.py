@@ -143,6 +143,7 @@ def read_run(run_dir: Path) -> tuple[str, dict, dict]:
         "max_epochs": config["trainer"]["max_epochs"],
         "proposals": "rotated" if "Oriented" in detector["rpn_head"]["type"] else "horizontal",
         "demo_px": config["data"]["demo"]["image_size"],
+        "classes": list(config["data"]["classes"]),
     }
     data = json.loads(metrics_path.read_text())
     return task, data["metrics"], recipe | {"checkpoint": data["checkpoint"] or ""}
@@ -198,14 +199,16 @@ def print_report(run_dirs: Sequence[Path], heldout: int = 0, heldout_seed: int =
     for run_dir, task, metrics, recipe in runs:
         budget = run_budget(run_dir)
         budgets.append([task, str(run_dir), recipe["from"], recipe["backbone"], recipe["fpn"],
-                        recipe["proposals"], recipe["px"], recipe["batch"], recipe["lr"],
+                        recipe["proposals"], ",".join(recipe["classes"]), recipe["px"],
+                        recipe["batch"], recipe["lr"],
                         f"{budget['epochs']}/{recipe['max_epochs']}", budget["steps"],
                         f"{budget['wall_min']:.0f}", Path(recipe["checkpoint"]).name])
         held = (heldout_metrics(run_dir, task, recipe, heldout, heldout_seed, data_dir)
                 if heldout else {})
         # several runs of one task: name the run on each row
         label = f"{task} ({run_dir.name})" if tasks.count(task) > 1 else task
-        for row in ROWS[task]:
+        # a class-group run (data.classes=[big_vesicle]) has rows of its own classes only
+        for row in (r for r in ROWS[task] if r.label in (*recipe["classes"], "all")):
             train = metrics.get(f"train/{row.key}")
             val = metrics.get(f"val/{row.key}")
             reached = "-" if row.target is None or val is None else (
@@ -218,8 +221,8 @@ def print_report(run_dirs: Sequence[Path], heldout: int = 0, heldout_seed: int =
                  *([f"held-out ({heldout} images)"] if heldout else []),
                  "reference (real data, val)", "target (demo, val)", "reached"], rows)
     print()
-    print_table(["task", "run", "weights from", "backbone", "FPN ch", "proposals", "px", "batch",
-                 "lr", "epochs", "steps", "wall min", "best checkpoint"], budgets)
+    print_table(["task", "run", "weights from", "backbone", "FPN ch", "proposals", "classes", "px",
+                 "batch", "lr", "epochs", "steps", "wall min", "best checkpoint"], budgets)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
