@@ -202,12 +202,12 @@ class LightningSide:
     name = "lightning"
 
     def __init__(self, cfg: Any, log_every: int, use_logger: bool) -> None:
-        from hydra.utils import instantiate
+        from em_lightning.runner import build_data_and_model
 
         self.cfg = cfg
-        self.datamodule = instantiate(cfg.data)
+        # what `em_lightning.train` builds (and its check that model and data fit one library)
+        self.datamodule, self.model = build_data_and_model(cfg)
         self.datamodule.prepare_data()
-        self.model = instantiate(cfg.model)
         self.meter = ComputeMeter(self.model.detector)
         self.log_every = log_every
         self.use_logger = use_logger
