@@ -40,8 +40,49 @@ def test_full_detector_checkpoint_fine_tunes_to_other_classes(tmp_path):
     src, dst = source.detector.state_dict(), target.detector.state_dict()
     assert torch.equal(src["backbone.conv1.weight"], dst["backbone.conv1.weight"])
     assert torch.equal(src["rpn_head.rpn_cls.weight"], dst["rpn_head.rpn_cls.weight"])
-    # class-specific layers have other shapes and keep their fresh initialisation
+    # no class in common: class-specific layers keep their fresh initialisation
     assert dst["roi_head.bbox_head.fc_cls.weight"].shape[0] == 2  # 1 class + background
+    assert not torch.equal(dst["roi_head.bbox_head.fc_cls.weight"][-1],
+                           src["roi_head.bbox_head.fc_cls.weight"][-1])  # not even background
+
+
+def _class_rows(state, prefix=""):
+    """The class-dependent RoI head tensors of a Mask R-CNN state dict."""
+    names = ("roi_head.bbox_head.fc_cls.weight", "roi_head.bbox_head.fc_cls.bias",
+             "roi_head.bbox_head.fc_reg.weight", "roi_head.mask_head.conv_logits.weight")
+    return {n: state[prefix + n] for n in names}
+
+
+@pytest.mark.parametrize("record", ["em_lightning", "mmengine"])
+def test_class_group_model_keeps_the_heads_of_its_classes(tmp_path, record):
+    """A model for a class group (or the same classes in another order) starts from the rows
+    the checkpoint learnt for those classes, found by name, not from fresh heads."""
+    source = tiny_model()  # big_vesicle, small_vesicle, hole
+    old = _class_rows(source.detector.state_dict())
+    path = tmp_path / "all_classes.ckpt"
+    if record == "em_lightning":  # what em_lightning.train writes
+        torch.save({"state_dict": {f"detector.{k}": v for k, v in
+                                   source.detector.state_dict().items()},
+                    "em_lightning_record": {"config": {"model": {"classes": source.classes}}}},
+                   path)
+    else:
+        torch.save({"meta": {"dataset_meta": {"classes": tuple(source.classes)}},
+                    "state_dict": source.detector.state_dict()}, path)
+
+    group = tiny_model(f"model.load_from={path}", "data.classes=[hole,small_vesicle]")
+    new = _class_rows(group.detector.state_dict())
+    cls, reg = "roi_head.bbox_head.fc_cls.weight", "roi_head.bbox_head.fc_reg.weight"
+    assert torch.equal(new[cls], old[cls][[2, 1, 3]])  # hole, small_vesicle, background
+    assert torch.equal(new["roi_head.bbox_head.fc_cls.bias"],
+                       old["roi_head.bbox_head.fc_cls.bias"][[2, 1, 3]])
+    assert torch.equal(new[reg], torch.cat([old[reg][8:12], old[reg][4:8]]))
+    logits = "roi_head.mask_head.conv_logits.weight"
+    assert torch.equal(new[logits], old[logits][[2, 1]])
+
+    # same count, other order: still mapped by name, not loaded by position
+    reordered = tiny_model(f"model.load_from={path}",
+                           "data.classes=[hole,big_vesicle,small_vesicle]")
+    assert torch.equal(_class_rows(reordered.detector.state_dict())[logits], old[logits][[2, 0, 1]])
 
 
 def test_missing_or_wrong_checkpoint_is_a_clear_error(tmp_path):

@@ -91,7 +91,7 @@ class DetectorModule(pl.LightningModule):
         if backbone_checkpoint:
             load_backbone_weights(self.detector, backbone_checkpoint)
         if load_from:
-            load_detector_weights(self.detector, load_from)
+            load_detector_weights(self.detector, load_from, self.classes)
         self.optimizer_factory = optimizer
         self.scheduler_cfg = dict(scheduler or {})
         self.metric_kinds = list(metrics)
