@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from em_lightning.callbacks import PredictionOverlays
 from em_lightning.evaluation import DetectionEvaluator
-from em_lightning.models.builder import load_checkpoint_file
+from em_lightning.models.trained_config import load_trained_weights
 from em_lightning.registry import register_all_modules
 from em_lightning.runner import build_data_and_model
 
@@ -49,8 +49,7 @@ def evaluate(cfg: DictConfig) -> dict[str, dict[str, float]]:
     out_dir = Path(cfg.paths.output_dir)
     datamodule, model = build_data_and_model(cfg)
     datamodule.prepare_data()
-    state = load_checkpoint_file(cfg.ckpt_path)
-    model.load_state_dict(state)
+    load_trained_weights(model, cfg)
     # the task's trainer config: `trainer=ddp` evaluates on several devices/processes, the
     # metric gathers every rank's predictions before running pycocotools
     trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False,

@@ -43,7 +43,7 @@ from em_lightning.inference.results import (
     draw_overlay,
     measure,
 )
-from em_lightning.models.builder import load_checkpoint_file
+from em_lightning.models.trained_config import load_trained_weights
 from em_lightning.registry import register_all_modules
 
 log = logging.getLogger(__name__)
@@ -60,14 +60,7 @@ def pick_device(name: str) -> torch.device:
 def load_model(cfg: DictConfig) -> torch.nn.Module:
     """The training config's model with the checkpoint's weights (clear error on mismatch)."""
     module = instantiate(cfg.model)
-    state = load_checkpoint_file(cfg.ckpt_path)
-    try:
-        module.load_state_dict(state)
-    except RuntimeError as exc:
-        raise RuntimeError(
-            f"{cfg.ckpt_path}: checkpoint does not fit the model of task={cfg.task_name} with "
-            f"these overrides; pass the task/experiment/model overrides used for training "
-            f"({str(exc).splitlines()[0]})") from None
+    load_trained_weights(module, cfg)
     return module
 
 

@@ -69,14 +69,16 @@ def _strip_prefix(state: dict, prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def _read_checkpoint(path: str | Path) -> Any:
+def read_checkpoint(path: str | Path) -> Any:
+    """The whole checkpoint object (state dict plus whatever metadata it carries)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint file not found")
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def _state_dict_of(ckpt: Any, path: str | Path) -> dict:
+def state_dict_of(ckpt: Any, path: str | Path) -> dict:
+    """The weights of a checkpoint object read from ``path`` (named in errors)."""
     if isinstance(ckpt, dict):
         for key in ("state_dict", "model", "model_state"):
             if key in ckpt and isinstance(ckpt[key], dict):
@@ -88,7 +90,7 @@ def _state_dict_of(ckpt: Any, path: str | Path) -> dict:
 
 def load_checkpoint_file(path: str | Path) -> dict:
     """Read a local checkpoint (torchvision, mmcls, mmdet or Lightning) as a state dict."""
-    return _state_dict_of(_read_checkpoint(path), path)
+    return state_dict_of(read_checkpoint(path), path)
 
 
 def checkpoint_classes(ckpt: Any) -> list[str] | None:
@@ -163,8 +165,8 @@ def load_detector_weights(model: nn.Module, path: str | Path,
     classes learnt about them. Other heads whose shape differs (unknown or unrelated classes)
     are skipped with a log line, as fine-tuning needs.
     """
-    ckpt = _read_checkpoint(path)
-    state = _state_dict_of(ckpt, path)
+    ckpt = read_checkpoint(path)
+    state = state_dict_of(ckpt, path)
     if any(k.startswith("detector.") for k in state):
         state = _strip_prefix(state, "detector.")
     own = model.state_dict()

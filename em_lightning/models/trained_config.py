@@ -1,0 +1,106 @@
+"""Load a run's checkpoint under the config of predict/evaluate, checked against the config it
+was trained with.
+
+Every em_lightning checkpoint records its resolved training config. A checkpoint loaded with
+other model overrides fails in ``load_state_dict`` with hundreds of tensor names; with the
+record the error names the overrides to pass instead. Data settings that load fine but change
+what the model sees (image scale, class list) only warn: evaluating at another scale is a
+legitimate experiment, but by accident it quietly costs accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from em_lightning.models.builder import read_checkpoint, state_dict_of
+
+log = logging.getLogger(__name__)
+
+# detector settings free to change after training (test-time thresholds, losses, init)
+_FREE_DETECTOR_KEYS = ("test_cfg", "train_cfg", "init_cfg")
+_DATA_KEYS = ("classes", "image_size")
+_MAX_LISTED = 12
+
+
+def _flatten(node: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            out.update(_flatten(value, f"{prefix}.{key}"))
+        return out
+    return {prefix: node}
+
+
+def _relevant(cfg: dict) -> dict[str, Any]:
+    """The settings that decide whether, and how, trained weights fit: model architecture,
+    class list, input scale (dotted keys, as Hydra overrides name them)."""
+    model = cfg.get("model") or {}
+    detector = {k: v for k, v in (model.get("detector") or {}).items()
+                if k not in _FREE_DETECTOR_KEYS}
+    out = {"model._target_": model.get("_target_"), "model.scope": model.get("scope")}
+    out.update(_flatten(detector, "model.detector"))
+    data = cfg.get("data") or {}
+    out.update({f"data.{key}": data.get(key) for key in _DATA_KEYS})
+    return out
+
+
+def config_differences(trained: dict, current: dict) -> dict[str, tuple[Any, Any]]:
+    """``{dotted key: (trained value, current value)}`` for the settings that differ."""
+    old, new = _relevant(trained), _relevant(current)
+    return {key: (old.get(key), new.get(key)) for key in sorted(set(old) | set(new))
+            if old.get(key) != new.get(key)}
+
+
+def as_override(key: str, value: Any) -> str:
+    """``key=value`` in Hydra's override syntax (lists as ``[a,b]``, None as ``null``)."""
+    if isinstance(value, list | tuple):
+        text = "[" + ",".join(json.dumps(v) if not isinstance(v, str) else v for v in value) + "]"
+    elif value is None:
+        text = "null"
+    elif isinstance(value, bool | int | float):
+        text = json.dumps(value)
+    else:
+        text = str(value)
+    return f"{key}={text}"
+
+
+def _listing(diffs: dict[str, tuple[Any, Any]]) -> str:
+    items = [as_override(key, old) for key, (old, _) in diffs.items()]
+    more = len(items) - _MAX_LISTED
+    return " ".join(items[:_MAX_LISTED]) + (f" (and {more} more)" if more > 0 else "")
+
+
+def load_trained_weights(module: nn.Module, cfg: DictConfig) -> None:
+    """Load ``cfg.ckpt_path`` into ``module`` (built from ``cfg.model``); a mismatch with the
+    recorded training config is an error naming the overrides the checkpoint needs."""
+    path = cfg.ckpt_path
+    ckpt = read_checkpoint(path)
+    trained = ((ckpt.get("em_lightning_record") or {}).get("config")
+               if isinstance(ckpt, dict) else None)
+    current = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("model", "data")}
+    diffs = config_differences(trained, current) if trained else {}
+    try:
+        module.load_state_dict(state_dict_of(ckpt, path))
+    except RuntimeError as exc:
+        if trained:
+            hint = f"it was trained with task={trained.get('task_name')} " + _listing(diffs)
+            run_overrides = Path(str(path)).parent.parent / ".hydra" / "overrides.yaml"
+            if run_overrides.is_file():
+                hint += f"; the training command's overrides: {run_overrides}"
+        else:
+            hint = "pass the task/experiment/model overrides used for training"
+        raise RuntimeError(
+            f"{path}: checkpoint does not fit the model of task={cfg.get('task_name')} with "
+            f"these overrides; {hint} ({str(exc).splitlines()[0]})") from None
+    data_diffs = {k: v for k, v in diffs.items() if k.startswith("data.")}  # the rest fit
+    if data_diffs:
+        now = " ".join(as_override(key, new) for key, (_, new) in data_diffs.items())
+        log.warning("%s was trained with %s but runs with %s: a model sees objects at the "
+                    "scale it was trained on; pass the training values unless this is meant",
+                    Path(str(path)).name, _listing(data_diffs), now)
