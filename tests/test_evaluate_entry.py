@@ -51,6 +51,12 @@ def test_evaluate_writes_table_metrics_and_predictions(task, fixture, request, t
         assert {p["category_id"] for p in preds} <= set(gt.getCatIds())
         assert len(gt.loadRes(str(out / "predictions" / "val.segm.json")).getAnnIds()) == \
             len(preds)
+        # the ground truth written beside them uses the same category ids and names
+        written = COCO(str(out / "predictions" / "val.gt.json"))
+        assert {c["id"]: c["name"] for c in written.loadCats(written.getCatIds())} == \
+            {c["id"]: c["name"] for c in gt.loadCats(gt.getCatIds())}
+        per_class = {c: len(gt.getAnnIds(catIds=[c], iscrowd=False)) for c in gt.getCatIds()}
+        assert {c: len(written.getAnnIds(catIds=[c])) for c in written.getCatIds()} == per_class
     else:
         preds = json.loads((out / "predictions" / "val.bbox.json").read_text())
         assert preds and len(preds[0]["bbox"]) == 5  # cx cy w h angle

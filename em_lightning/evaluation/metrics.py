@@ -159,8 +159,9 @@ class DetectionEvaluator:
         return dict.fromkeys(keys, 0.0)
 
     def _restore_category_ids(self) -> None:
-        """Written predictions use label indices as category ids; map them back to the
-        dataset's own ids so the JSON matches the user's annotation file."""
+        """Written predictions and ground truth use label indices as category ids; map them
+        back to the dataset's own ids so the JSON files match the user's annotation file (and
+        each other: ``<split>.gt.json`` with ``<split>.segm.json`` in pycocotools)."""
         from mmengine.dist import is_main_process
 
         if self.outfile_prefix is None or self.category_ids is None or not is_main_process():
@@ -173,3 +174,11 @@ class DetectionEvaluator:
             for det in results:
                 det["category_id"] = self.category_ids[det["category_id"]]
             path.write_text(json.dumps(results))
+        gt_path = Path(f"{self.outfile_prefix}.gt.json")
+        if gt_path.is_file():
+            gt = json.loads(gt_path.read_text())
+            for category in gt.get("categories", []):
+                category["id"] = self.category_ids[category["id"]]
+            for ann in gt.get("annotations", []):
+                ann["category_id"] = self.category_ids[ann["category_id"]]
+            gt_path.write_text(json.dumps(gt))
