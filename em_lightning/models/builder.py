@@ -93,14 +93,20 @@ def load_checkpoint_file(path: str | Path) -> dict:
     return state_dict_of(read_checkpoint(path), path)
 
 
+def recorded_config(ckpt: Any) -> dict | None:
+    """The resolved training config an em_lightning checkpoint records (None for others)."""
+    if not isinstance(ckpt, dict):
+        return None
+    return (ckpt.get("em_lightning_record") or {}).get("config")
+
+
 def checkpoint_classes(ckpt: Any) -> list[str] | None:
     """Class names a checkpoint was trained on, in label order, where it records them:
     em_lightning (run record), MMEngine (``meta.dataset_meta.classes``), mmdet 2.x
     (``meta.CLASSES``); None otherwise."""
     if not isinstance(ckpt, dict):
         return None
-    record = ckpt.get("em_lightning_record") or {}
-    candidates = [((record.get("config") or {}).get("model") or {}).get("classes")]
+    candidates = [((recorded_config(ckpt) or {}).get("model") or {}).get("classes")]
     meta = ckpt.get("meta") or {}
     candidates += [(meta.get("dataset_meta") or {}).get("classes"), meta.get("CLASSES")]
     for names in candidates:

@@ -18,7 +18,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from em_lightning.models.builder import read_checkpoint, state_dict_of
+from em_lightning.models.builder import read_checkpoint, recorded_config, state_dict_of
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +81,12 @@ def load_trained_weights(module: nn.Module, cfg: DictConfig) -> None:
     recorded training config is an error naming the overrides the checkpoint needs."""
     path = cfg.ckpt_path
     ckpt = read_checkpoint(path)
-    trained = ((ckpt.get("em_lightning_record") or {}).get("config")
-               if isinstance(ckpt, dict) else None)
-    current = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("model", "data")}
-    diffs = config_differences(trained, current) if trained else {}
+    trained = recorded_config(ckpt)
+    diffs = {}
+    if trained:
+        current = {key: OmegaConf.to_container(cfg[key], resolve=True)
+                   for key in ("model", "data")}
+        diffs = config_differences(trained, current)
     try:
         module.load_state_dict(state_dict_of(ckpt, path))
     except RuntimeError as exc:
