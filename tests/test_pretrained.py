@@ -92,3 +92,7 @@ def test_missing_or_wrong_checkpoint_is_a_clear_error(tmp_path):
     torch.save({"something": torch.zeros(3)}, junk)
     with pytest.raises(Exception, match="no tensor matched"):
         tiny_model(f"model.load_from={junk}")
+    for name, content in (("text.ckpt", b"not a checkpoint"), ("empty.ckpt", b"")):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(Exception, match=f"{name}: not a readable checkpoint"):
+            tiny_model(f"model.load_from={tmp_path / name}")

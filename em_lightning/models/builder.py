@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import pickle
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -74,7 +75,11 @@ def read_checkpoint(path: str | Path) -> Any:
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint file not found")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (pickle.UnpicklingError, EOFError, RuntimeError) as exc:  # truncated or not torch
+        raise ValueError(f"{path}: not a readable checkpoint (truncated or another format: "
+                         f"{exc})") from None
 
 
 def state_dict_of(ckpt: Any, path: str | Path) -> dict:
