@@ -7,6 +7,7 @@ checkpoint (what the training writes to ``metrics.json``) with the budget each r
     .venv/bin/python benchmarks/accuracy.py --train --out outputs/accuracy/cpu   # ~2 h on 2 cores
     .venv/bin/python benchmarks/accuracy.py --runs outputs/accuracy/cpu/*        # table only
     .venv/bin/python benchmarks/accuracy.py --runs outputs/accuracy/cpu/* --heldout 12
+    .venv/bin/python benchmarks/accuracy.py --runs ... --heldout 12 --test-time-aug none d4
     .venv/bin/python benchmarks/accuracy.py --train --quick                      # smoke run
 
 The reference numbers are from real data (``README``); the targets are for the demo data and
@@ -15,7 +16,8 @@ mean something only while the demo data stays as hard as the reference describes
 The demo val split is 2 images (about 120 rods, 360 vesicles): APs move by +-0.03 between
 validations of one run. ``--heldout N`` also evaluates each best checkpoint (with
 ``python -m em_lightning.evaluate``) on N more demo images from another seed, which no run
-trains or selects checkpoints on: the column to compare recipes by.
+trains or selects checkpoints on: the column to compare recipes by. ``--test-time-aug none
+flip d4`` gives one such column per test-time augmentation setting (``model.test_time_aug``).
 """
 
 from __future__ import annotations
@@ -164,12 +166,13 @@ def recipe_overrides(run_dir: Path) -> list[str]:
 
 
 def heldout_metrics(run_dir: Path, task: str, recipe: dict, n_images: int, seed: int,
-                    data_dir: Path) -> dict:
+                    data_dir: Path, test_time_aug: str = "none") -> dict:
     """Metrics of the run's best checkpoint on ``n_images`` demo images generated with ``seed``
     (val split of a fresh demo set), evaluated once and kept in
-    ``run_dir/heldout_seed<seed>_n<n>``."""
+    ``run_dir/heldout_seed<seed>_n<n>`` (``..._tta-<views>`` with test-time augmentation)."""
     checkpoint = recipe["checkpoint"]
-    out = run_dir / f"heldout_seed{seed}_n{n_images}"
+    tta = "" if test_time_aug == "none" else f"_tta-{test_time_aug}"
+    out = run_dir / f"heldout_seed{seed}_n{n_images}{tta}"
     cached = out / "metrics.json"
     if cached.is_file():
         data = json.loads(cached.read_text())
@@ -179,7 +182,7 @@ def heldout_metrics(run_dir: Path, task: str, recipe: dict, n_images: int, seed:
     cmd = [sys.executable, "-m", "em_lightning.evaluate", *recipe_overrides(run_dir),
            f"ckpt_path={checkpoint}", f"data.root={root}", "data.num_workers=0",
            f"++data.demo.seed={seed}", "++data.demo.n_train=1", f"++data.demo.n_val={n_images}",
-           f"hydra.run.dir={out}"]
+           f"model.test_time_aug={test_time_aug}", f"hydra.run.dir={out}"]
     print("$ " + " ".join(cmd[1:]), flush=True)
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if done.returncode != 0:
@@ -192,7 +195,8 @@ def fmt(value: float | None) -> str:
 
 
 def print_report(run_dirs: Sequence[Path], heldout: int = 0, heldout_seed: int = 101,
-                 data_dir: Path = DEFAULT_DATA_DIR) -> None:
+                 data_dir: Path = DEFAULT_DATA_DIR,
+                 test_time_augs: Sequence[str] = ("none",)) -> None:
     rows, budgets = [], []
     runs = [(run_dir, *read_run(run_dir)) for run_dir in run_dirs]
     tasks = [task for _, task, _, _ in runs]
@@ -203,8 +207,8 @@ def print_report(run_dirs: Sequence[Path], heldout: int = 0, heldout_seed: int =
                         recipe["batch"], recipe["lr"],
                         f"{budget['epochs']}/{recipe['max_epochs']}", budget["steps"],
                         f"{budget['wall_min']:.0f}", Path(recipe["checkpoint"]).name])
-        held = (heldout_metrics(run_dir, task, recipe, heldout, heldout_seed, data_dir)
-                if heldout else {})
+        held = {tta: heldout_metrics(run_dir, task, recipe, heldout, heldout_seed, data_dir, tta)
+                for tta in (test_time_augs if heldout else ())}
         # several runs of one task: name the run on each row
         label = f"{task} ({run_dir.name})" if tasks.count(task) > 1 else task
         # a class-group run (data.classes=[big_vesicle]) has rows of its own classes only
@@ -214,11 +218,12 @@ def print_report(run_dirs: Sequence[Path], heldout: int = 0, heldout_seed: int =
             reached = "-" if row.target is None or val is None else (
                 "yes" if val >= row.target else "no")
             rows.append([f"{label} / {row.label}", row.metric, fmt(train), fmt(val),
-                         *([fmt(held.get(row.key))] if heldout else []),
+                         *(fmt(h.get(row.key)) for h in held.values()),
                          fmt(row.reference), fmt(row.target), reached])
     print(hardware())
     print_table(["task / class", "metric", "train", "val",
-                 *([f"held-out ({heldout} images)"] if heldout else []),
+                 *(f"held-out ({heldout} images" + ("" if tta == "none" else f", TTA {tta}") + ")"
+                   for tta in (test_time_augs if heldout else ())),
                  "reference (real data, val)", "target (demo, val)", "reached"], rows)
     print()
     print_table(["task", "run", "weights from", "backbone", "FPN ch", "proposals", "classes", "px",
@@ -240,6 +245,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--heldout", type=int, default=0, metavar="N",
                    help="also evaluate each best checkpoint on N demo images of another seed")
     p.add_argument("--heldout-seed", type=int, default=101)
+    p.add_argument("--test-time-aug", nargs="+", default=["none"],
+                   choices=["none", "flip", "d4"],
+                   help="held-out columns, one per test-time augmentation (model.test_time_aug)")
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
                    help="where the held-out demo images are generated")
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides for every training")
@@ -260,7 +268,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not runs:
         print("nothing to report: give --train or --runs", file=sys.stderr)
         return 2
-    print_report(runs, args.heldout, args.heldout_seed, args.data_dir)
+    if args.test_time_aug != ["none"] and not args.heldout:
+        print("--test-time-aug needs --heldout N (it adds held-out columns)", file=sys.stderr)
+        return 2
+    print_report(runs, args.heldout, args.heldout_seed, args.data_dir, args.test_time_aug)
     return 0
 
 

@@ -123,15 +123,19 @@ class ModelRunner:
     -> detections per tile in tile coordinates, at or above ``score_thr``.
 
     The threshold is applied inside the detector (:func:`threshold_in_model`), so the module
-    passed in is set up for prediction at that threshold."""
+    passed in is set up for prediction at that threshold. With test-time augmentation (the
+    module's ``test_views``) it is applied after fusing the views instead: a fused score is
+    the views' mean, so a view's detection below it may still count."""
 
     def __init__(self, module: torch.nn.Module, test_pipeline: Sequence[dict], scope: str,
                  scale: float = 1.0, score_thr: float = 0.5,
                  device: str | torch.device = "cpu") -> None:
         self.module = module.to(device).eval()
         self.detector = getattr(module, "detector", module)
-        threshold_in_model(self.detector, score_thr)
-        self.mask_crops = supports_mask_crops(self.detector)
+        fused_views = len(getattr(module, "test_views", ())) > 1
+        if not fused_views:
+            threshold_in_model(self.detector, score_thr)
+        self.mask_crops = supports_mask_crops(self.detector) and not fused_views
         test_cfg = getattr(getattr(self.detector, "roi_head", None), "test_cfg", None) or {}
         self.max_per_img = test_cfg.get("max_per_img")
         self.warned_full = False

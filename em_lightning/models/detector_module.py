@@ -25,6 +25,7 @@ from em_lightning.models.builder import (
     load_detector_weights,
 )
 from em_lightning.models.schedules import build_scheduler
+from em_lightning.models.test_time_aug import predict_with_views, views_for
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,10 @@ class DetectorModule(pl.LightningModule):
         max_nonfinite_steps: consecutive NaN/inf losses tolerated (skipped) before stopping.
         num_overlay_samples: validation samples kept for picture callbacks.
         scope: OpenMMLab library resolving unprefixed ``type`` names (mmdet or mmrotate).
+        test_time_aug: ``none``, ``flip`` (4 views) or ``d4`` (8 views, flips and transposes):
+            validation and prediction fuse the detections of every view
+            (:mod:`em_lightning.models.test_time_aug`); costs one forward pass per view.
+        test_time_aug_iou: box IoU at which detections of different views are one object.
     """
 
     def __init__(
@@ -84,6 +89,8 @@ class DetectorModule(pl.LightningModule):
         max_nonfinite_steps: int = 5,
         num_overlay_samples: int = 2,
         scope: str = "mmdet",
+        test_time_aug: str | None = "none",
+        test_time_aug_iou: float = 0.5,
     ) -> None:
         super().__init__()
         self.classes = list(classes)
@@ -105,6 +112,8 @@ class DetectorModule(pl.LightningModule):
         self._eval_size = 0
         self.overlay_samples: list[Any] = []
         self.last_metrics: dict[str, float] = {}
+        self.test_views = views_for(test_time_aug)
+        self.test_time_aug_iou = test_time_aug_iou
 
     # ---------------------------------------------------------------- training
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
@@ -158,6 +167,9 @@ class DetectorModule(pl.LightningModule):
     def predict_samples(self, batch: dict) -> list[Any]:
         """Predictions (``DetDataSample`` with ``pred_instances``) in original image coordinates."""
         data = self.detector.data_preprocessor(batch, training=False)
+        if len(self.test_views) > 1:
+            return predict_with_views(self.detector, data, self.test_views,
+                                      self.test_time_aug_iou)
         return self.detector(**data, mode="predict")
 
     def on_validation_epoch_start(self) -> None:
