@@ -259,6 +259,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.heldout < 0:
         print(f"--heldout must be a number of images >= 0, got {args.heldout}", file=sys.stderr)
         return 2
+    if args.test_time_aug != ["none"] and not args.heldout:
+        print("--test-time-aug needs --heldout N (it adds held-out columns)", file=sys.stderr)
+        return 2
     runs = list(args.runs)
     if args.train:
         t0 = time.perf_counter()
@@ -267,9 +270,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"trained in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
     if not runs:
         print("nothing to report: give --train or --runs", file=sys.stderr)
-        return 2
-    if args.test_time_aug != ["none"] and not args.heldout:
-        print("--test-time-aug needs --heldout N (it adds held-out columns)", file=sys.stderr)
         return 2
     print_report(runs, args.heldout, args.heldout_seed, args.data_dir, args.test_time_aug)
     return 0
