@@ -132,7 +132,7 @@ class ModelRunner:
                  device: str | torch.device = "cpu") -> None:
         self.module = module.to(device).eval()
         self.detector = getattr(module, "detector", module)
-        fused_views = len(getattr(module, "test_views", ())) > 1
+        fused_views = getattr(module, "fuses_views", False)
         if not fused_views:
             threshold_in_model(self.detector, score_thr)
         self.mask_crops = supports_mask_crops(self.detector) and not fused_views

@@ -164,10 +164,15 @@ class DetectorModule(pl.LightningModule):
             self._evaluators[split] = DetectionEvaluator(self.metric_kinds, self.classes)
         return self._evaluators[split]
 
+    @property
+    def fuses_views(self) -> bool:
+        """Prediction fuses several test-time views (scores are then means over views)."""
+        return len(self.test_views) > 1
+
     def predict_samples(self, batch: dict) -> list[Any]:
         """Predictions (``DetDataSample`` with ``pred_instances``) in original image coordinates."""
         data = self.detector.data_preprocessor(batch, training=False)
-        if len(self.test_views) > 1:
+        if self.fuses_views:
             return predict_with_views(self.detector, data, self.test_views,
                                       self.test_time_aug_iou)
         return self.detector(**data, mode="predict")

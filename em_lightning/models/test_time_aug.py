@@ -121,6 +121,11 @@ def _view_batch(inputs: torch.Tensor, samples: Sequence[Any], view: View
     return out, view_samples
 
 
+def _wrap_angle(angle: torch.Tensor) -> torch.Tensor:
+    """An angle (or angle difference) brought to [-pi/2, pi/2): a box turned by pi is itself."""
+    return torch.remainder(angle + math.pi / 2, math.pi) - math.pi / 2
+
+
 def _overlaps(boxes: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
     """IoU of every box with one box (axis-aligned or rotated)."""
     if boxes.shape[-1] == 5:
@@ -130,8 +135,7 @@ def _overlaps(boxes: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
         # mmcv's rotated IoU is wrong for nearly coincident boxes (within ~0.01 px: 0.6 for a
         # box and itself turned by 1e-7 rad, mmcv issue #2621): such boxes are the same box
         diff = (boxes - seed).abs()
-        diff[:, 4] = (torch.remainder(boxes[:, 4] - seed[4] + math.pi / 2, math.pi)
-                      - math.pi / 2).abs()
+        diff[:, 4] = _wrap_angle(boxes[:, 4] - seed[4]).abs()
         same = (diff[:, :4].amax(1) < 0.05) & (diff[:, 4] < 1e-3)
         return torch.where(same, torch.ones_like(ious), ious)
     from torchvision.ops import box_iou
@@ -144,11 +148,10 @@ def _mean_box(boxes: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     box's angle (a box turned by pi is the same box)."""
     boxes = boxes.clone()
     if boxes.shape[-1] == 5:
-        diff = torch.remainder(boxes[:, 4] - boxes[0, 4] + math.pi / 2, math.pi) - math.pi / 2
-        boxes[:, 4] = boxes[0, 4] + diff
+        boxes[:, 4] = boxes[0, 4] + _wrap_angle(boxes[:, 4] - boxes[0, 4])
     mean = (boxes * weights[:, None]).sum(0) / weights.sum()
     if boxes.shape[-1] == 5:  # back to [-pi/2, pi/2)
-        mean[4] = torch.remainder(mean[4] + math.pi / 2, math.pi) - math.pi / 2
+        mean[4] = _wrap_angle(mean[4])
     return mean
 
 
