@@ -30,11 +30,9 @@ def register_all_modules() -> None:
 
     from em_lightning.data.datasets import register_datasets
     from em_lightning.data.transforms import register_transforms
-    from em_lightning.models.denoised_channels import register_models
 
     register_datasets()
     register_transforms()
-    register_models()
     _DONE = True
 
 

@@ -7,9 +7,6 @@ from mmengine.dataset import pseudo_collate
 
 from tests.conftest import compose_cfg
 
-DENOISED = ["model.detector.data_preprocessor.type=DenoisedChannelsPreprocessor",
-            "+model.detector.data_preprocessor.channel_sigmas=[0,1.5,4]"]
-
 
 def one_training_step(task: str, root, tmp_path, *extra: str) -> tuple[float, int, object]:
     cfg = compose_cfg([f"task={task}", "experiment=tiny", f"data.root={root}", *extra], tmp_path)
@@ -29,15 +26,11 @@ def one_training_step(task: str, root, tmp_path, *extra: str) -> tuple[float, in
     ("vesicles", "tiny_vesicles", [], "RPNHead", "RoIAlign"),
     ("nanorods", "tiny_nanorods", [], "RPNHead", "RoIAlign"),
     ("nanorods", "tiny_nanorods", ["model=oriented_rcnn"], "OrientedRPNHead", "RoIAlignRotated"),
-    ("vesicles", "tiny_vesicles", DENOISED, "RPNHead", "RoIAlign"),
-    ("nanorods", "tiny_nanorods", DENOISED, "RPNHead", "RoIAlign"),
 ])
 def test_forward_backward_step(task, fixture, extra, rpn, roi_layer, request, tmp_path):
     root = request.getfixturevalue(fixture)
     loss, grads, model = one_training_step(task, root, tmp_path, *extra)
     assert type(model.detector.rpn_head).__name__ == rpn
-    preprocessor = "DenoisedChannelsPreprocessor" if extra == DENOISED else "DetDataPreprocessor"
-    assert type(model.detector.data_preprocessor).__name__ == preprocessor
     assert type(model.detector.roi_head.bbox_roi_extractor.roi_layers[0]).__name__ == roi_layer
     assert torch.isfinite(torch.tensor(loss)) and loss > 0
     assert grads > 10  # gradients reach backbone, neck and heads
