@@ -141,6 +141,7 @@ def read_run(run_dir: Path) -> tuple[str, dict, dict]:
         # a run continued from another run's weights: that run's folder
         "from": Path(load_from).parent.parent.name if load_from else "scratch",
         "batch": config["data"]["batch_size"],
+        "optimizer": str(config["model"]["optimizer"]["_target_"]).rsplit(".", 1)[-1],
         "lr": config["model"]["optimizer"]["lr"],
         "max_epochs": config["trainer"]["max_epochs"],
         "proposals": "rotated" if "Oriented" in detector["rpn_head"]["type"] else "horizontal",
@@ -204,7 +205,7 @@ def print_report(run_dirs: Sequence[Path], heldout: int = 0, heldout_seed: int =
         budget = run_budget(run_dir)
         budgets.append([task, str(run_dir), recipe["from"], recipe["backbone"], recipe["fpn"],
                         recipe["proposals"], ",".join(recipe["classes"]), recipe["px"],
-                        recipe["batch"], recipe["lr"],
+                        recipe["batch"], recipe["optimizer"], recipe["lr"],
                         f"{budget['epochs']}/{recipe['max_epochs']}", budget["steps"],
                         f"{budget['wall_min']:.0f}", Path(recipe["checkpoint"]).name])
         held = {tta: heldout_metrics(run_dir, task, recipe, heldout, heldout_seed, data_dir, tta)
@@ -227,7 +228,7 @@ def print_report(run_dirs: Sequence[Path], heldout: int = 0, heldout_seed: int =
                  "reference (real data, val)", "target (demo, val)", "reached"], rows)
     print()
     print_table(["task", "run", "weights from", "backbone", "FPN ch", "proposals", "classes", "px",
-                 "batch", "lr", "epochs", "steps", "wall min", "best checkpoint"], budgets)
+                 "batch", "optimizer", "lr", "epochs", "steps", "wall min", "best checkpoint"], budgets)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
