@@ -228,7 +228,8 @@ def print_report(run_dirs: Sequence[Path], heldout: int = 0, heldout_seed: int =
                  "reference (real data, val)", "target (demo, val)", "reached"], rows)
     print()
     print_table(["task", "run", "weights from", "backbone", "FPN ch", "proposals", "classes", "px",
-                 "batch", "optimizer", "lr", "epochs", "steps", "wall min", "best checkpoint"], budgets)
+                 "batch", "optimizer", "lr", "epochs", "steps", "wall min", "best checkpoint"],
+                budgets)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
