@@ -7,7 +7,10 @@ All problems surface as :class:`~em_lightning.data.errors.DataError` naming the 
 
 Supported: PNG/JPEG/BMP (OpenCV), TIFF (tifffile: ImageJ, FEI/Thermo, Zeiss SEM and
 physical ``ResolutionUnit`` calibrations), Gatan DM3/DM4, FEI/Thermo Velox and Berkeley EMD,
-TIA SER (RosettaSciIO), MRC (mrcfile).
+TIA SER (RosettaSciIO), MRC (mrcfile). Calibrations agree with what RosettaSciIO reports for the
+same file (see tests/test_microscopy_readers.py). Files holding several datasets (Velox detectors,
+DM spectra next to an image, frame stacks) yield one image; :attr:`EMImage.dataset` and an
+INFO log line say which one.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -53,6 +56,13 @@ _RESUNIT_NM = {3: 1e7, 4: 1e6, 5: 1e3}  # TIFF ResolutionUnit CENTIMETER, MILLIM
 _RGB_WEIGHTS = np.array([0.299, 0.587, 0.114])
 
 
+#: IMOD's header stamp; with flag bit 0 clear, mode-0 bytes are unsigned (as IMOD writes them).
+_IMOD_STAMP = 1146047817
+#: Old FEI/Thermo MRC extended header (1024 records of 128 bytes): pixel size (m) at byte 44.
+_FEI_EXT_BYTES, _FEI_PIXEL_OFFSET = 128 * 1024, 44
+_SPECTRAL_SIGNALS = ("EELS", "EDS", "CL")
+
+
 @dataclass
 class EMImage:
     """A 2-D EM image in its original dtype plus where its pixel size came from."""
@@ -61,6 +71,9 @@ class EMImage:
     path: Path
     pixel_size_nm: float | None
     pixel_size_source: str  # "metadata" | "user" | "none"
+    #: Which dataset of the file this is: its title (e.g. "HAADF") and, when the file holds
+    #: several datasets, frames or pages, which one was taken; "" for a plain single image.
+    dataset: str = ""
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -125,15 +138,28 @@ def normalize_to_float(data: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- readers
-# Each returns (2-D data, pixel size in nm or None) and may raise anything; read_em_image
-# turns failures into DataError.
+# Each returns a _Read and may raise anything; read_em_image turns failures into DataError.
 
 
-def _read_cv2(path: Path) -> tuple[np.ndarray, float | None]:
+class _Read(NamedTuple):
+    data: np.ndarray
+    pixel_nm: float | None
+    dataset: str = ""
+
+
+def _first_frame(path: Path, data: np.ndarray, what: str = "frame") -> tuple[np.ndarray, str]:
+    """A stack is reduced to its first frame, never silently."""
+    if data.ndim != 3:
+        return data, ""
+    log.info("%s: %d %ss, reading the first", path, data.shape[0], what)
+    return data[0], f"{what} 1 of {data.shape[0]}"
+
+
+def _read_cv2(path: Path) -> _Read:
     data = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if data is None:
         raise DataError(path, "OpenCV could not decode the image (corrupt or unsupported)")
-    return to_gray(data, "bgr"), None
+    return _Read(to_gray(data, "bgr"), None)
 
 
 def _tiff_resolution_nm(page: Any, unit: str | None) -> float | None:
@@ -151,85 +177,184 @@ def _tiff_resolution_nm(page: Any, unit: str | None) -> float | None:
     return unit_to_nm(factor / per_unit, "nm") if factor else None
 
 
-def _tiff_vendor_nm(tif: Any) -> float | None:
-    """FEI/Thermo (PixelWidth in m) and Zeiss SEM (Image Pixel Size) TIFF calibrations."""
+def _tiff_vendor_nm(tif: Any, width: int) -> float | None:
+    """FEI/Thermo and Zeiss SEM calibrations, read from the same fields as RosettaSciIO."""
     fei = getattr(tif, "fei_metadata", None) or {}
-    width = (fei.get("Scan") or {}).get("PixelWidth") or (fei.get("EScan") or {}).get("PixelWidth")
-    if width:
-        return unit_to_nm(width, "m")
+    scan, beam, image = (fei.get(k) or {} for k in ("Scan", "IRBeam", "Image"))
+    if scan.get("PixelWidth"):
+        return unit_to_nm(scan["PixelWidth"], "m")
+    if beam.get("HFW") and image.get("ResolutionX"):  # ion-beam images: field width / pixels
+        return unit_to_nm(float(beam["HFW"]) / float(image["ResolutionX"]), "m")
+    escan = fei.get("EScan") or {}
+    if escan.get("PixelWidth"):
+        return unit_to_nm(escan["PixelWidth"], "m")
     sem = getattr(tif, "sem_metadata", None) or {}
+    head = sem.get("") or ()
+    # SmartSEM's unnamed header holds the pixel size (m) of a 1024 px wide store at index 3;
+    # "Image Pixel Size" is the same value rounded to 4 digits, kept as a fallback.
+    if len(head) > 3 and isinstance(head[3], (int, float)) and head[3] > 0 and width:
+        return unit_to_nm(head[3] * 1024 / width, "m")
     entry = sem.get("ap_image_pixel_size")
     if isinstance(entry, (tuple, list)) and len(entry) >= 3:
         return unit_to_nm(entry[1], entry[2])
     return None
 
 
-def _read_tiff(path: Path) -> tuple[np.ndarray, float | None]:
+def _read_tiff(path: Path) -> _Read:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
         page = tif.pages[0]
-        if len(tif.pages) > 1:
+        dataset = f"page 1 of {len(tif.pages)}" if len(tif.pages) > 1 else ""
+        if dataset:
             log.info("%s: %d pages, reading the first", path, len(tif.pages))
         data = page.asarray()
         data = to_gray(np.squeeze(data) if data.ndim > 3 else data, "rgb")
         ij = tif.imagej_metadata or {}
-        pixel = _tiff_vendor_nm(tif)
+        pixel = _tiff_vendor_nm(tif, data.shape[1])
         if pixel is None:
             pixel = _tiff_resolution_nm(page, ij.get("unit") if ij else None)
-    return data, pixel
+    return _Read(data, pixel, dataset)
 
 
-def _read_mrc(path: Path) -> tuple[np.ndarray, float | None]:
+def _mrc_fei_pixel_nm(mrc: Any) -> float | None:
+    """Pixel size from an old FEI/Thermo extended header (RosettaSciIO reads it the same way)."""
+    if int(mrc.header.nsymbt) != _FEI_EXT_BYTES or bytes(mrc.header.exttyp) in (b"FEI1", b"FEI2"):
+        return None
+    raw = np.asarray(mrc.extended_header).tobytes()
+    width_m = np.frombuffer(raw, mrc.header.dtype["cella"]["x"], 1, _FEI_PIXEL_OFFSET)[0]
+    return unit_to_nm(float(width_m), "m") if width_m > 0 else None
+
+
+def _read_mrc(path: Path) -> _Read:
     import mrcfile
 
     with mrcfile.open(path, permissive=False) as mrc:
         data = np.array(mrc.data)
+        header = mrc.header
+        volume = mrc.is_volume() or mrc.is_volume_stack()
         voxel_x = float(mrc.voxel_size.x)
-    data = np.squeeze(data)
-    if data.ndim != 2:
-        raise DataError(path, f"MRC holds a {data.ndim}-D volume/stack {data.shape}, not an image")
-    return data, unit_to_nm(voxel_x, "Å") if voxel_x > 0 else None
+        pixel = _mrc_fei_pixel_nm(mrc)
+        stamp, flags = np.frombuffer(bytes(header.extra2)[40:48], header.dtype["nsymbt"])
+    if int(header.mode) == 0 and not (stamp == _IMOD_STAMP and flags & 1):
+        data = data.view(np.uint8)  # mode 0 as IMOD writes it (and RosettaSciIO reads it)
+    if volume:
+        raise DataError(path, f"MRC holds a {data.ndim}-D volume {data.shape}, not an image")
+    data, dataset = _first_frame(path, np.squeeze(data))
+    if pixel is None and voxel_x > 0:
+        pixel = unit_to_nm(voxel_x, "Å")
+    return _Read(data, pixel, dataset)
 
 
-def _rsciio_pick_image(path: Path, signals: list[dict]) -> tuple[np.ndarray, float | None]:
-    """First 2-D image among the signals of a multi-signal file (Velox: HAADF, BF, ...)."""
-    for sig in signals:
-        data = np.asarray(sig["data"])
-        axes = [ax for ax in sig.get("axes", []) if ax.get("size", 1) > 1]
-        if np.squeeze(data).ndim != 2 or len(axes) != 2:
-            continue
-        x_axis, y_axis = sorted(axes, key=lambda ax: ax.get("index_in_array", 0))[::-1]
-        pixel = unit_to_nm(x_axis.get("scale"), x_axis.get("units"))
-        other = unit_to_nm(y_axis.get("scale"), y_axis.get("units"))
-        if pixel and other and abs(other - pixel) > 0.01 * pixel:
-            log.warning("%s: non-square pixels %.4g x %.4g nm; using x", path, pixel, other)
-        return np.squeeze(data), pixel
-    shapes = [tuple(np.shape(s["data"])) for s in signals]
-    raise DataError(path, f"no 2-D image among the datasets in the file (shapes {shapes})")
+def _title(signal: dict) -> str:
+    return str(((signal.get("metadata") or {}).get("General") or {}).get("title") or "")
 
 
-def _rsciio_reader(module: str, **kwargs: Any) -> Callable[[Path], tuple[np.ndarray, float | None]]:
-    """Reader for a RosettaSciIO plugin; imported lazily because rsciio pulls in dask."""
+def _image_view(signal: dict) -> tuple[np.ndarray, list[dict]] | None:
+    """(data, axes) of an image or a stack of images (frames first), else None: spectra,
+    spectrum images, complex FFT/DPC data and 4-D datasets are not images to detect on."""
+    signal_type = str(((signal.get("metadata") or {}).get("Signal") or {}).get("signal_type")
+                      or "").upper()
+    if signal_type.startswith(_SPECTRAL_SIGNALS) or "SPECTRUM" in signal_type:
+        return None
+    data = np.asarray(signal["data"])
+    axes = list(signal.get("axes") or [])
+    if len(axes) != data.ndim:
+        axes = [{} for _ in range(data.ndim)]
+    elif all("index_in_array" in ax for ax in axes):
+        axes.sort(key=lambda ax: ax["index_in_array"])
+    keep = [i for i, n in enumerate(data.shape) if n > 1]
+    data = data.reshape([data.shape[i] for i in keep])
+    axes = [axes[i] for i in keep]
+    energy = any(str(ax.get("units") or "").strip().lower().endswith("ev") for ax in axes)
+    if data.ndim not in (2, 3) or energy or np.iscomplexobj(data):
+        return None
+    return data, axes
 
-    def read(path: Path) -> tuple[np.ndarray, float | None]:
-        try:
-            plugin = __import__(f"rsciio.{module}", fromlist=["file_reader"])
-        except ImportError as exc:
-            raise DataError(
-                path, f"reading {path.suffix} needs RosettaSciIO: pip install rosettasciio ({exc})"
-            ) from None
+
+def _rsciio_pick_image(path: Path, signals: list[dict]) -> _Read:
+    """The image among a file's datasets: HAADF where a STEM file holds several detectors,
+    else the first image; of a stack, the first frame. Logged when there was a choice."""
+    views = [(i, view) for i, sig in enumerate(signals) if (view := _image_view(sig))]
+    if not views:
+        shapes = [tuple(np.shape(s["data"])) for s in signals]
+        raise DataError(path, f"no image among the datasets in the file (shapes {shapes}; "
+                              "spectra and spectrum images are not read)")
+    titles = [_title(s) for s in signals]
+    index, (data, axes) = next(
+        ((i, v) for i, v in views if "HAADF" in titles[i].upper()), views[0])
+    parts = [titles[index]] if titles[index] else []
+    if len(signals) > 1:
+        names = ", ".join(t or "untitled" for t in titles)
+        parts.append(f"dataset {index + 1} of {len(signals)} ({names})")
+    data, frame = _first_frame(path, data)
+    axes = axes[-2:]
+    dataset = ", ".join(parts + ([frame] if frame else []))
+    if len(signals) > 1:
+        log.info("%s: reading %s", path, dataset)
+    if data.dtype.names:  # DM RGB(A) images come as structured arrays
+        data = to_gray(np.stack([data[c] for c in ("R", "G", "B")], axis=-1))
+    y_axis, x_axis = axes
+    pixel = unit_to_nm(x_axis.get("scale"), x_axis.get("units"))
+    other = unit_to_nm(y_axis.get("scale"), y_axis.get("units"))
+    if pixel and other and abs(other - pixel) > 0.01 * pixel:
+        log.warning("%s: non-square pixels %.4g x %.4g nm; using x", path, pixel, other)
+    return _Read(data, pixel, dataset)
+
+
+def _rsciio_plugin(path: Path, module: str) -> Any:
+    """A RosettaSciIO plugin, imported lazily because rsciio pulls in dask."""
+    try:
+        return __import__(f"rsciio.{module}", fromlist=["file_reader"])
+    except ImportError as exc:
+        raise DataError(
+            path, f"reading {path.suffix} needs RosettaSciIO: pip install rosettasciio ({exc})"
+        ) from None
+
+
+def _rsciio_reader(module: str, **kwargs: Any) -> Callable[[Path], _Read]:
+    def read(path: Path) -> _Read:
+        plugin = _rsciio_plugin(path, module)
         return _rsciio_pick_image(path, plugin.file_reader(str(path), **kwargs))
 
     return read
 
 
-_READERS: dict[str, Callable[[Path], tuple[np.ndarray, float | None]]] = {
+def _read_emd(path: Path) -> _Read:
+    """Velox or Berkeley (NCEM) EMD. ``select_type`` only concerns Velox; "images" skips the
+    EDS spectrum stream, which is large and not an image."""
+    plugin = _rsciio_plugin(path, "emd")
+    try:
+        signals = plugin.file_reader(str(path), select_type="images")
+    except ModuleNotFoundError as exc:
+        if "sparse" not in str(exc):
+            raise
+        signals = _velox_images_without_sparse(path)
+    return _rsciio_pick_image(path, signals)
+
+
+def _velox_images_without_sparse(path: Path) -> list[dict]:
+    """RosettaSciIO 0.15 requires the optional `sparse` package for any Velox file with an EDS
+    spectrum image, even when only its images are asked for, and raises after having read
+    them; the images are taken from its reader object instead."""
+    import h5py
+    from rsciio.emd._emd_velox import FeiEMDReader
+
+    reader = FeiEMDReader(select_type="images")
+    with h5py.File(path, "r") as f:
+        try:
+            reader.read_file(f)
+        except ModuleNotFoundError:
+            log.debug("%s: EDS spectrum image skipped (no `sparse`)", path)
+    return reader.dictionaries
+
+
+_READERS: dict[str, Callable[[Path], _Read]] = {
     **dict.fromkeys((".png", ".jpg", ".jpeg", ".bmp"), _read_cv2),
     **dict.fromkeys((".tif", ".tiff"), _read_tiff),
     **dict.fromkeys((".mrc", ".mrcs", ".rec", ".st"), _read_mrc),
     **dict.fromkeys((".dm3", ".dm4"), _rsciio_reader("digitalmicrograph")),
-    ".emd": _rsciio_reader("emd", select_type="image"),
+    ".emd": _read_emd,
     ".ser": _rsciio_reader("tia"),
 }
 SUPPORTED_SUFFIXES: tuple[str, ...] = tuple(sorted(_READERS))
@@ -239,7 +364,8 @@ def read_em_image(path: str | Path, pixel_size_nm: float | None = None) -> EMIma
     """Read one EM image as 2-D data in its original dtype with its pixel size.
 
     Pixel size precedence: file metadata, then ``pixel_size_nm`` ("user"), else None ("none").
-    Raises DataError for missing, unsupported, unreadable or non-2-D files.
+    Of a file with several datasets or frames one image is read (``EMImage.dataset`` says
+    which). Raises DataError for missing, unsupported, unreadable or image-less files.
     """
     path = Path(path)
     if not path.is_file():
@@ -252,7 +378,7 @@ def read_em_image(path: str | Path, pixel_size_nm: float | None = None) -> EMIma
     if pixel_size_nm is not None and not (math.isfinite(pixel_size_nm) and pixel_size_nm > 0):
         raise ValueError(f"pixel_size_nm must be a positive number, got {pixel_size_nm!r}")
     try:
-        data, meta_nm = reader(path)
+        data, meta_nm, dataset = reader(path)
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001 - every third-party failure becomes one clear error
@@ -268,7 +394,7 @@ def read_em_image(path: str | Path, pixel_size_nm: float | None = None) -> EMIma
                 meta_nm,
                 pixel_size_nm,
             )
-        return EMImage(data, path, float(meta_nm), "metadata")
+        return EMImage(data, path, float(meta_nm), "metadata", dataset)
     if pixel_size_nm is not None:
-        return EMImage(data, path, float(pixel_size_nm), "user")
-    return EMImage(data, path, None, "none")
+        return EMImage(data, path, float(pixel_size_nm), "user", dataset)
+    return EMImage(data, path, None, "none", dataset)
