@@ -22,7 +22,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from em_lightning.analysis.summary import compare_distributions, comparison_table, size_column
+from em_lightning.analysis.summary import (
+    compare_distributions,
+    comparison_table,
+    headline_table,
+    size_column,
+)
 from em_lightning.data.errors import DataError
 from em_lightning.data.microscopy import read_em_image
 from em_lightning.inference.annotations import (
@@ -184,11 +189,17 @@ def analyze(cfg: DictConfig) -> dict[str, Any]:
     if not images:
         raise DataError(cfg.data.root, f"no readable image in split {cfg.split!r}")
     problems: list[str] = []
-    tables = write_tables(out_dir, truth, images, classes, problems)
-    figures = write_figures(out_dir / "plots", truth)
+    exclude_border = bool(cfg.get("exclude_border", True))
+    seed = int(cfg.get("seed") or 0)
+    tables = write_tables(out_dir, truth, images, classes, problems,
+                          exclude_border=exclude_border, seed=seed)
+    figures = write_figures(out_dir / "plots", truth, exclude_border=exclude_border)
     summary.update(n_images=len(images), n_objects=len(truth),
-                   objects_per_class={c: int((truth["class"] == c).sum()) for c in classes})
-    report_tables = {"annotated: per-dataset summary": tables["dataset"]}
+                   objects_per_class={c: int((truth["class"] == c).sum()) for c in classes},
+                   exclude_border=exclude_border,
+                   n_border=int(tables["dataset"]["n_border"].sum()))
+    report_tables = {"annotated: summary with 95 % intervals": headline_table(tables["dataset"]),
+                     "annotated: per-dataset summary": tables["dataset"]}
     files = [out_dir / n for n in ("objects.csv", "objects.parquet", "summary_per_image.csv",
                                    "summary_dataset.csv", "images.csv")]
     title = f"{cfg.task_name}: annotated microstructure ({cfg.split} split)"
@@ -196,16 +207,17 @@ def analyze(cfg: DictConfig) -> dict[str, Any]:
         pred, covered = load_predictions(cfg, images, dataset)
         names = {i.name for i in covered}
         truth_c = truth[truth["image"].isin(names)]
-        write_tables(out_dir, pred, covered, classes, problems, prefix="predicted_")
+        write_tables(out_dir, pred, covered, classes, problems, prefix="predicted_",
+                     exclude_border=exclude_border, seed=seed)
         column = _comparison_column(pred, truth_c)
-        result = compare_distributions(pred, truth_c, column)
+        result = compare_distributions(pred, truth_c, column, exclude_border)
         comparison = comparison_table(result)
         comparison.to_csv(out_dir / "comparison.csv", index=False)
         per_image_counts(pred, truth_c, covered, classes).to_csv(
             out_dir / "comparison_per_image.csv", index=False)
         (out_dir / "comparison.json").write_text(json.dumps(result, indent=2, default=float))
         figures += write_figures(out_dir / "plots", pred, truth=truth_c, prefix="comparison_",
-                                 column=column)
+                                 column=column, exclude_border=exclude_border)
         report_tables = {"predicted vs annotated": comparison, **report_tables}
         summary.update(predictions=str(cfg.predictions), n_compared_images=len(covered),
                        comparison=result)
@@ -221,6 +233,7 @@ def analyze(cfg: DictConfig) -> dict[str, Any]:
         f"{len(truth)} objects measured; {len(summary['skipped'])} unreadable images skipped, "
         f"{summary['ignored_crowd']} crowd annotations ignored, {summary['unmeasurable']} "
         "instances without a measurable shape",
+        tables["border_note"],
         *(f"skipped: {s['reason']}" for s in summary["skipped"]),
         *problems,
     ]

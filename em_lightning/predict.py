@@ -26,6 +26,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from em_lightning.analysis.summary import headline_table
 from em_lightning.inference.engine import ModelRunner, TiledPredictor, normalize_mode
 from em_lightning.inference.inputs import image_name, list_inputs, read_images
 from em_lightning.inference.outputs import (
@@ -139,18 +140,21 @@ def write_outputs(out_dir: Path, cfg: DictConfig, summary: dict, parts: list, im
     classes = summary["classes"]
     objects = concat_objects(parts, cfg.pixel_size_nm)
     problems: list[str] = list(summary.get("problems", []))
-    tables = write_tables(out_dir, objects, images, classes, problems)
+    exclude_border = bool(cfg.get("exclude_border", True))
+    tables = write_tables(out_dir, objects, images, classes, problems,
+                          exclude_border=exclude_border, seed=int(cfg.get("seed") or 0))
     summary["problems"] = problems
     (out_dir / "coco_results.json").write_text(json.dumps(coco))
     (out_dir / "coco_images.json").write_text(json.dumps(coco_images(images, classes),
                                                          indent=1))
-    figures = write_figures(out_dir / "plots", objects)
+    figures = write_figures(out_dir / "plots", objects, exclude_border=exclude_border)
     thumbs = [thumbnail(p, out_dir / "plots" / "overlay_thumbnails" / p.name)
               for p in overlays[: int(cfg.report_overlays or 0)]]
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     write_config(out_dir, cfg)
     skipped = summary["skipped"]
-    report_tables = {"per-dataset summary": tables["dataset"],
+    report_tables = {"summary with 95 % intervals": headline_table(tables["dataset"]),
+                     "per-dataset summary": tables["dataset"],
                      "images": tables["images"].drop(columns=["path"])}
     if len(tables["per_image"]) <= MAX_REPORT_ROWS:
         report_tables["per-image summary"] = tables["per_image"]
@@ -170,6 +174,7 @@ def write_outputs(out_dir: Path, cfg: DictConfig, summary: dict, parts: list, im
         f"({summary['seconds_per_image']} s/image on {summary['device']})",
         "mean_intensity is in the image's original units (counts); per-image counts and "
         "size statistics per class are in summary_per_image.csv",
+        tables["border_note"],
         *problems,
     ]
     files = [out_dir / n for n in ("objects.csv", "objects.parquet", "summary_per_image.csv",

@@ -56,6 +56,57 @@ def test_vesicle_counts_equal_the_annotations(tiny_vesicles, vesicles_analysis):
     report = (vesicles_analysis / "report.html").read_text()
     assert "1.5 nm/px" in report and "given by the user" in report
     assert (vesicles_analysis / "plots" / "size_histogram.png").is_file()
+    assert (vesicles_analysis / "plots" / "shape_histograms.png").is_file()
+
+
+def _touches_border(mask: np.ndarray) -> bool:
+    return bool(mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
+
+
+def test_border_objects_area_fraction_and_intervals(tiny_vesicles, vesicles_analysis):
+    """touches_border equals annToMask's mask touching the image edge; border objects are
+    left out of the sizes (Fiji's exclude on edges) and counted in the report."""
+    coco = COCO(str(tiny_vesicles / "annotations" / "val.json"))
+    anns = [a for a in coco.anns.values() if not a.get("iscrowd")]
+    truth = sorted((int(coco.annToMask(a).sum()), _touches_border(coco.annToMask(a)))
+                   for a in anns)
+    objects = pd.read_csv(vesicles_analysis / "objects.csv")
+    assert sorted(zip(objects["area"].astype(int), objects["touches_border"])) == truth
+    n_border = sum(edge for _, edge in truth)
+    assert n_border > 0  # the fixture has objects cut by the border
+    dataset = pd.read_csv(vesicles_analysis / "summary_dataset.csv").set_index("class")
+    assert dataset["n_border"].sum() == n_border
+    assert (dataset["n_sized"] == dataset["count"] - dataset["n_border"]).all()
+    inside = objects[~objects["touches_border"]]
+    for cls, row in dataset.iterrows():
+        sizes = inside.loc[inside["class"] == cls, "equivalent_diameter_nm"]
+        assert row["size_mean"] == pytest.approx(sizes.mean())
+        assert row["size_mean_ci95_low"] <= row["size_mean"] <= row["size_mean_ci95_high"]
+        assert row["size_median_ci95_low"] <= row["size_median"] <= row["size_median_ci95_high"]
+    images = pd.read_csv(vesicles_analysis / "images.csv")
+    total_px = float((images["height"] * images["width"]).sum())
+    for cls, row in dataset.iterrows():
+        covered = objects.loc[objects["class"] == cls, "area"].sum()
+        assert row["area_fraction"] == pytest.approx(covered / total_px)
+    assert dataset["size_mean_img_ci95_low"].notna().any()  # two images: over images too
+    report = (vesicles_analysis / "report.html").read_text()
+    assert f"{n_border} of {len(objects)} objects touch the image border" in report
+    assert "summary with 95 % intervals" in report and "size_mean_ci95_low" in report
+
+
+def test_exclude_border_can_be_switched_off(tiny_vesicles, vesicles_analysis, tmp_path):
+    summary = analyze(analyze_cfg(["task=vesicles", f"data.root={tiny_vesicles}", "split=val",
+                                   f"output={tmp_path}", "exclude_border=false",
+                                   "pixel_size_nm=1.5"]))
+    dataset = pd.read_csv(tmp_path / "summary_dataset.csv").set_index("class")
+    assert (dataset["n_sized"] == dataset["count"]).all() and dataset["n_border"].sum() > 0
+    assert summary["exclude_border"] is False
+    assert "included in all statistics" in (tmp_path / "report.html").read_text()
+    # the same seed gives the same intervals as the first run wherever nothing changed
+    before = pd.read_csv(vesicles_analysis / "summary_dataset.csv").set_index("class")
+    unchanged = before["n_border"] == 0
+    pd.testing.assert_series_equal(dataset.loc[unchanged, "size_mean_ci95_low"],
+                                   before.loc[unchanged, "size_mean_ci95_low"])
 
 
 def test_nanorod_counts_and_lengths_equal_the_annotations(tiny_nanorods, tmp_path):

@@ -195,3 +195,126 @@ def test_html_report_is_self_contained(objects, shapes, tmp_path: Path) -> None:
     assert "lengths are in pixels (px)" in px
     with pytest.raises(FileNotFoundError):
         write_html_report(tmp_path, "t", {}, [tmp_path / "missing.png"], [])
+
+
+def _disc_detection(cx: int, cy: int, r: int, label: int = 0):
+    from em_lightning.inference.detections import Detection, crop_mask
+
+    return Detection.from_crop(label, 0.9, *crop_mask(disc(cx, cy, r)))
+
+
+def _measured(dets, name: str = "a"):
+    from em_lightning.inference.results import ImageInfo, measure
+
+    info = ImageInfo(1, name, name, SHAPE[0], SHAPE[1], 2.0, "user")
+    return measure(dets, info, ["vesicle", "rod"])
+
+
+def test_border_objects_are_flagged_and_left_out_of_sizes() -> None:
+    from em_lightning.inference.detections import Detection
+
+    dets = [_disc_detection(5, 50, 10), _disc_detection(100, 50, 20), _disc_detection(60, 30, 8),
+            _disc_detection(150, 95, 9)]  # left and bottom border, two inside
+    rods = [Detection(1, 0.8, np.array([180.0, 40, 199.9, 44]), rbox=np.array([190, 42, 20, 4, 0])),
+            Detection(1, 0.8, np.array([150.0, 40, 170, 44]), rbox=np.array([160, 42, 20, 4, 0]))]
+    objects = _measured(dets + rods)
+    assert objects["touches_border"].tolist() == [True, False, False, True, True, False]
+    shapes = {"a": SHAPE}
+    per_image, dataset = summarize(objects, shapes, 2.0)
+    row = dataset.set_index("class").loc["vesicle"]
+    assert (row["count"], row["n_border"], row["n_sized"]) == (4, 2, 2)
+    inside = objects.loc[[1, 2], "equivalent_diameter_nm"]
+    assert row["size_mean"] == pytest.approx(inside.mean())
+    assert row["density_per_um2"] == pytest.approx(4 / AREA_UM2)  # border objects still count
+    assert row["area_fraction"] == pytest.approx(objects.loc[:3, "area"].sum() / (100 * 200))
+    assert dataset.set_index("class").loc["rod", "n_sized"] == 1
+    everything = dataset_summary(objects, shapes, 2.0, exclude_border=False).set_index("class")
+    assert everything.loc["vesicle", "n_sized"] == 4 and everything.loc["vesicle", "n_border"] == 2
+    assert everything.loc["vesicle", "size_mean"] == pytest.approx(
+        objects.loc[:3, "equivalent_diameter_nm"].mean())
+    # a table without the column (older predict output) is flagged from its bbox columns
+    recomputed = per_image_summary(objects.drop(columns="touches_border"), shapes, 2.0)
+    pd.testing.assert_frame_equal(recomputed, per_image)
+
+
+def test_area_fraction_is_the_covered_fraction(objects, shapes) -> None:
+    table = per_image_summary(objects, shapes, 2.0).set_index(["image", "class"])
+    pixels = disc(30, 40, 10).sum() + disc(100, 50, 20).sum()
+    assert table.loc[("a", "vesicle"), "area_fraction"] == pytest.approx(pixels / (100 * 200))
+    assert table.loc[("empty", "vesicle"), "area_fraction"] == 0.0
+    assert table.loc[("b", "rod"), "area_fraction"] == pytest.approx(
+        5 * sum(rod_lengths()) / (100 * 200))
+
+
+def test_bootstrap_intervals_are_seeded_and_agree_with_scipy() -> None:
+    from scipy import stats
+
+    from em_lightning.analysis.summary import bootstrap_ci
+
+    rng = np.random.default_rng(1)
+    values = rng.lognormal(3.0, 0.3, 400)
+    a = bootstrap_ci(values, np.mean, np.random.default_rng(5))
+    b = bootstrap_ci(values, np.mean, np.random.default_rng(5))
+    assert a == b and a[0] < values.mean() < a[1]
+    half = 1.96 * values.std(ddof=1) / np.sqrt(values.size)  # normal theory for the mean
+    assert (a[1] - a[0]) / 2 == pytest.approx(half, rel=0.1)
+    for fn in (np.mean, np.median):
+        ref = stats.bootstrap((values,), fn, n_resamples=2000, method="percentile",
+                              random_state=np.random.default_rng(0)).confidence_interval
+        ours = bootstrap_ci(values, fn, np.random.default_rng(0))
+        width = ref.high - ref.low
+        assert ours[0] == pytest.approx(ref.low, abs=0.1 * width)
+        assert ours[1] == pytest.approx(ref.high, abs=0.1 * width)
+    assert all(math.isnan(v) for v in bootstrap_ci([1.0], np.mean, np.random.default_rng(0)))
+
+
+def test_poisson_interval_matches_garwood_table() -> None:
+    from em_lightning.analysis.summary import poisson_ci
+
+    assert poisson_ci(0) == pytest.approx((0.0, 3.6889), abs=1e-4)
+    assert poisson_ci(10) == pytest.approx((4.7954, 18.3904), abs=1e-4)
+
+
+def _many_images(n_images: int = 5, per_image: int = 20) -> tuple[pd.DataFrame, dict]:
+    """Objects whose size depends on the image (as specimen regions differ)."""
+    rng = np.random.default_rng(2)
+    rows = []
+    for k in range(n_images):
+        for d in rng.normal(10 + 10 * k, 0.5, per_image):
+            rows.append({"image": f"i{k}", "class": "v", "kind": "mask", "area": d * d,
+                         "equivalent_diameter": d, "touches_border": False})
+    return pd.DataFrame(rows), {f"i{k}": (100, 100) for k in range(n_images)}
+
+
+def test_image_bootstrap_is_wider_when_images_differ() -> None:
+    objects, shapes = _many_images()
+    first = dataset_summary(objects, shapes, 1.0, seed=3)
+    again = dataset_summary(objects, shapes, 1.0, seed=3)
+    pd.testing.assert_frame_equal(first, again)  # deterministic
+    row = first.iloc[0]
+    objects_width = row["size_mean_ci95_high"] - row["size_mean_ci95_low"]
+    images_width = row["size_mean_img_ci95_high"] - row["size_mean_img_ci95_low"]
+    assert row["size_mean_ci95_low"] < row["size_mean"] < row["size_mean_ci95_high"]
+    assert images_width > 3 * objects_width  # objects of one image are not independent
+    assert row["size_median_img_ci95_low"] < row["size_median"] < row["size_median_img_ci95_high"]
+    assert row["density_ci_method"] == "bootstrap over images"
+    assert row["density_ci95_low"] == pytest.approx(row["density_per_um2"])  # 20 per image
+    assert row["density_ci95_high"] == pytest.approx(row["density_per_um2"])
+    other = dataset_summary(objects, shapes, 1.0, seed=4).iloc[0]
+    assert other["size_mean_img_ci95_low"] != row["size_mean_img_ci95_low"]
+    one = dataset_summary(objects[objects["image"] == "i0"], {"i0": (100, 100)}, 1.0).iloc[0]
+    assert one["density_ci_method"] == "Poisson (one image)"
+    assert math.isnan(one["size_mean_img_ci95_low"])
+    area_um2 = 100 * 100 / 1e6
+    assert one["density_ci95_low"] == pytest.approx(12.2165 / area_um2, rel=1e-3)  # count 20
+
+
+def test_shape_histograms_write_png(tmp_path: Path) -> None:
+    from em_lightning.analysis.plots import shape_histograms
+
+    records = [{"image": "a", "class": c, "mask": disc(30 + 40 * k, 40, 5 + k)}
+               for k, c in enumerate(["vesicle", "hole", "vesicle"])]
+    table = objects_table(records, None)
+    path = shape_histograms(table, tmp_path / "shape.png", truth=table)
+    height, width, _ = _png_shape(path)
+    assert width > 3 * 300 and height > 2 * 250  # three descriptors x two classes

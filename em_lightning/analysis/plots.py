@@ -28,8 +28,12 @@ __all__ = [
     "length_width_scatter",
     "orientation_rose",
     "overlay_png",
+    "shape_histograms",
     "size_histogram",
 ]
+
+#: Shape descriptors of masks plotted by :func:`shape_histograms`, with their natural ranges.
+SHAPE_COLUMNS = {"circularity": (0.0, 1.0), "aspect_ratio": None, "solidity": (0.0, 1.0)}
 
 _PALETTE = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:cyan")
 
@@ -104,6 +108,41 @@ def size_histogram(
             )
         ax.set(title=str(cls), xlabel=_unit_label(col), ylabel="count")
         ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def shape_histograms(
+    objects: pd.DataFrame,
+    path: str | Path,
+    truth: pd.DataFrame | None = None,
+    columns: Sequence[str] = tuple(SHAPE_COLUMNS),
+    bins: int = 25,
+) -> Path:
+    """Circularity, aspect ratio and solidity of mask objects: one row of panels per class,
+    one column per descriptor; with ``truth``, annotated values are overlaid on shared bins."""
+    frames = [f for f in (objects, truth) if f is not None]
+    masks = [f[f["kind"] == "mask"] if "kind" in f else f for f in frames]
+    classes = sorted(set().union(*(set(f["class"].dropna()) for f in masks)), key=str)
+    colors = class_colors(classes)
+    rows, cols = max(len(classes), 1), len(columns)
+    fig = Figure(figsize=(3.6 * cols, 2.9 * rows), layout="constrained")
+    for r, cls in enumerate(classes):
+        parts = [f.loc[f["class"] == cls] for f in masks]
+        for c, column in enumerate(columns):
+            ax = fig.add_subplot(rows, cols, r * cols + c + 1)
+            values = [p[column].to_numpy(float) for p in parts]
+            values = [v[np.isfinite(v)] for v in values]
+            pooled = np.concatenate(values)
+            span = SHAPE_COLUMNS.get(column)
+            edges = (np.linspace(*span, bins + 1) if span is not None
+                     else np.histogram_bin_edges(pooled, bins=bins) if pooled.size else bins)
+            ax.hist(values[0], bins=edges, color=colors[cls], alpha=0.6,
+                    label=f"{'predicted' if truth is not None else cls} (n={values[0].size})")
+            if truth is not None:
+                ax.hist(values[1], bins=edges, histtype="step", color="k", lw=1.5,
+                        label=f"annotated (n={values[1].size})")
+            ax.set(title=f"{cls}: {column.replace('_', ' ')}", xlabel=column, ylabel="count")
+            ax.legend(fontsize="x-small")
     return _save(fig, path)
 
 

@@ -2,14 +2,15 @@
 
 Ground truth is read through the task's own dataset class (the same validation and formats as
 training: COCO polygons/RLE, COCO-rbox, DOTA, KITTI), so the annotated statistics describe
-exactly the objects the model was trained and evaluated on. Polygons are rasterised with
-pycocotools (as ``COCO.annToMask``) inside their bounding box only.
+exactly the objects the model was trained and evaluated on. Masks are rasterised exactly as
+``COCO.annToMask`` does (pycocotools, polygons in full-image coordinates, several polygons of
+one object merged), and the RLE is then unpacked into a crop of the object's own pixels: the
+pixel counts equal ``annToMask``'s, and no image-sized array is made per object.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,29 +21,69 @@ import pycocotools.mask as mask_utils
 
 from em_lightning.data.errors import DataError
 from em_lightning.data.rotated_formats import corners_to_rbox
-from em_lightning.inference.detections import Detection, crop_mask, rle_to_crop
+from em_lightning.inference.detections import Detection
 
 __all__ = ["instance_detection", "load_prediction_table", "match_names",
-           "read_results_json", "results_detections"]
+           "read_results_json", "results_detections", "rle_crop", "segmentation_crop"]
 
 
-def _polygon_crop(polygons: Sequence[Sequence[float]], height: int, width: int
-                  ) -> tuple[np.ndarray, tuple[int, int]] | None:
-    pts = np.concatenate([np.asarray(p, float).reshape(-1, 2) for p in polygons])
-    x0 = max(int(math.floor(pts[:, 0].min())) - 1, 0)
-    y0 = max(int(math.floor(pts[:, 1].min())) - 1, 0)
-    x1 = min(int(math.ceil(pts[:, 0].max())) + 1, width)
-    y1 = min(int(math.ceil(pts[:, 1].max())) + 1, height)
-    if x1 <= x0 or y1 <= y0:
+def _rle_counts(counts: str) -> np.ndarray:
+    """Run lengths of a compressed COCO RLE string (pycocotools' ``rleFrString``)."""
+    out: list[int] = []
+    pos = 0
+    while pos < len(counts):
+        value, shift, more = 0, 0, True
+        while more:
+            c = ord(counts[pos]) - 48
+            value |= (c & 0x1F) << (5 * shift)
+            more = bool(c & 0x20)
+            pos += 1
+            shift += 1
+            if not more and c & 0x10:
+                value |= -1 << (5 * shift)
+        if len(out) > 2:
+            value += out[-2]
+        out.append(value)
+    return np.asarray(out, np.int64)
+
+
+def rle_crop(rle: Mapping[str, Any]) -> tuple[np.ndarray, tuple[int, int]] | None:
+    """A COCO RLE (compressed or not) as a bool crop and its (x, y); None when empty.
+
+    The runs are unpacked directly (column-major, as COCO stores them), so the cost is that
+    of the object's pixels, not of the image.
+    """
+    height = int(rle["size"][0])
+    counts = rle["counts"]
+    if isinstance(counts, bytes):
+        counts = counts.decode("ascii")
+    runs = _rle_counts(counts) if isinstance(counts, str) else np.asarray(counts, np.int64)
+    bounds = np.concatenate([[0], np.cumsum(runs)])
+    starts, ends = bounds[1:-1:2], bounds[2::2]  # runs of ones: odd positions
+    lengths = ends - starts
+    if not lengths.sum():
         return None
-    shifted = [(np.asarray(p, float).reshape(-1, 2) - [x0, y0]).ravel().tolist()
-               for p in polygons]
-    rle = mask_utils.merge(mask_utils.frPyObjects(shifted, y1 - y0, x1 - x0))
-    cropped = crop_mask(mask_utils.decode(rle).astype(bool))
-    if cropped is None:
+    keep = lengths > 0
+    starts, lengths = starts[keep], lengths[keep]
+    index = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+    cols, rows = np.divmod(index, height)
+    x0, y0 = int(cols.min()), int(rows.min())
+    crop = np.zeros((int(rows.max()) - y0 + 1, int(cols.max()) - x0 + 1), bool)
+    crop[rows - y0, cols - x0] = True
+    return crop, (x0, y0)
+
+
+def segmentation_crop(seg: Any, height: int, width: int
+                      ) -> tuple[np.ndarray, tuple[int, int]] | None:
+    """A COCO segmentation (polygons, compressed or uncompressed RLE) rasterised as
+    ``COCO.annToMask`` does, as a crop and its (x, y); None when it covers no pixel."""
+    if isinstance(seg, Mapping):
+        return rle_crop(seg)
+    polygons = [list(map(float, p)) for p in seg if len(p) >= 6]
+    if not polygons:
         return None
-    crop, (cx, cy) = cropped
-    return crop, (cx + x0, cy + y0)
+    rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
+    return rle_crop(rle)
 
 
 def instance_detection(instance: Mapping[str, Any], height: int, width: int
@@ -55,8 +96,7 @@ def instance_detection(instance: Mapping[str, Any], height: int, width: int
     label = int(instance["bbox_label"])
     seg = instance.get("mask")
     if seg:
-        cropped = rle_to_crop(seg) if isinstance(seg, dict) else _polygon_crop(seg, height,
-                                                                             width)
+        cropped = segmentation_crop(seg, height, width)
         if cropped is None:
             return None
         return Detection.from_crop(label, 1.0, *cropped)

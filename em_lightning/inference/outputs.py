@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from em_lightning.analysis.morphology import objects_table
 from em_lightning.analysis.report import write_html_report
-from em_lightning.analysis.summary import summarize
+from em_lightning.analysis.summary import border_note, distribution_objects, summarize
 from em_lightning.inference.results import ImageInfo
 
 log = logging.getLogger(__name__)
@@ -87,14 +87,16 @@ def write_config(out_dir: Path, cfg: DictConfig) -> Path:
 
 
 def write_tables(out_dir: Path, objects: pd.DataFrame, images: Sequence[ImageInfo],
-                 classes: Sequence[str], notes: list[str], prefix: str = ""
-                 ) -> dict[str, pd.DataFrame]:
+                 classes: Sequence[str], notes: list[str], prefix: str = "",
+                 exclude_border: bool = True, seed: int = 0
+                 ) -> dict[str, pd.DataFrame | str]:
     """objects.csv/.parquet, summary_per_image.csv, summary_dataset.csv, images.csv; problems
-    (no Parquet engine) are appended to ``notes``."""
+    (no Parquet engine) are appended to ``notes``; ``border_note`` in the result is the
+    report's sentence on objects touching the image border (see analysis.summary)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     shapes = {i.name: (i.height, i.width) for i in images}
     sizes = {i.name: i.pixel_size_nm for i in images}
-    per_image, dataset = summarize(objects, shapes, sizes, classes)
+    per_image, dataset = summarize(objects, shapes, sizes, classes, exclude_border, seed)
     counts = objects.groupby("image").size() if len(objects) else pd.Series(dtype=int)
     image_table = pd.DataFrame(
         [{"image_id": i.id, "image": i.name, "path": i.path, "height": i.height,
@@ -109,19 +111,25 @@ def write_tables(out_dir: Path, objects: pd.DataFrame, images: Sequence[ImageInf
     dataset.to_csv(out_dir / f"{prefix}summary_dataset.csv", index=False)
     image_table.to_csv(out_dir / f"{prefix}images.csv", index=False)
     return {"objects": objects, "per_image": per_image, "dataset": dataset,
-            "images": image_table}
+            "images": image_table, "border_note": border_note(objects, exclude_border, shapes)}
 
 
 def write_figures(plot_dir: Path, objects: pd.DataFrame, truth: pd.DataFrame | None = None,
-                  prefix: str = "", column: str | None = None) -> list[Path]:
+                  prefix: str = "", column: str | None = None,
+                  exclude_border: bool = True) -> list[Path]:
     """Size histograms per class (annotated overlaid when ``truth``; ``column`` is the size
-    column, by default the summary's), and for rotated boxes the orientation rose and
-    length-width scatter. Nothing to draw without objects."""
+    column, by default the summary's), shape histograms of masks, and for rotated boxes the
+    orientation rose and length-width scatter; objects touching the image border are left
+    out with ``exclude_border``. Nothing to draw without objects."""
     from em_lightning.analysis.plots import (
         length_width_scatter,
         orientation_rose,
+        shape_histograms,
         size_histogram,
     )
+
+    objects = distribution_objects(objects, exclude_border)
+    truth = None if truth is None else distribution_objects(truth, exclude_border)
 
     frames = [f for f in (objects, truth) if f is not None and len(f)]
     if not frames:
@@ -130,6 +138,9 @@ def write_figures(plot_dir: Path, objects: pd.DataFrame, truth: pd.DataFrame | N
         objects, truth = truth, None
     paths = [size_histogram(objects, plot_dir / f"{prefix}size_histogram.png", truth=truth,
                             column=column)]
+    if "kind" in objects and (objects["kind"] == "mask").any():
+        paths.append(shape_histograms(objects, plot_dir / f"{prefix}shape_histograms.png",
+                                      truth=truth))
     rods = objects[objects["kind"] == "rbox"] if "kind" in objects else objects.iloc[:0]
     if len(rods):
         paths.append(orientation_rose(rods, plot_dir / f"{prefix}orientation_rose.png"))

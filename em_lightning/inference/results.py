@@ -26,6 +26,7 @@ import pandas as pd
 
 from em_lightning.analysis.morphology import objects_table
 from em_lightning.analysis.plots import bgr_class_colors, save_with_legend
+from em_lightning.analysis.summary import touches_border
 from em_lightning.inference.detections import Detection, crop_to_rle
 
 __all__ = ["ImageInfo", "RBOX_FORMAT", "coco_entries", "coco_images", "draw_overlay",
@@ -67,7 +68,10 @@ def measure(detections: Sequence[Detection], info: ImageInfo, classes: Sequence[
     """Objects table of one image (see :func:`em_lightning.analysis.objects_table`).
 
     ``intensity`` (the image in its original units) gives ``mean_intensity``. Columns added
-    here: ``image_id`` (as in the COCO files) and the axis-aligned ``bbox_*`` in px.
+    here: ``image_id`` (as in the COCO files), the axis-aligned ``bbox_*`` in px and
+    ``touches_border`` (the object reaches the image border, so it is cut off: see
+    :func:`em_lightning.analysis.summary.touches_border`). This one table is the record of
+    each object for both ``predict`` and ``analyze``.
     """
     records, offsets = [], []
     for det in detections:
@@ -86,6 +90,7 @@ def measure(detections: Sequence[Detection], info: ImageInfo, classes: Sequence[
     table = objects_table(records, info.pixel_size_nm)
     if not len(table):
         table["image_id"] = pd.Series(dtype=int)
+        table["touches_border"] = pd.Series(dtype=bool)
         return table
     off = np.asarray(offsets, float)
     table["cx"] = table["cx"].to_numpy(float) + off[:, 0]
@@ -97,6 +102,7 @@ def measure(detections: Sequence[Detection], info: ImageInfo, classes: Sequence[
     boxes = np.array([d.box for d in detections], float)
     table["bbox_x"], table["bbox_y"] = boxes[:, 0], boxes[:, 1]
     table["bbox_w"], table["bbox_h"] = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    table["touches_border"] = touches_border(boxes, info.height, info.width)
     table.insert(0, "image_id", info.id)
     return table
 
