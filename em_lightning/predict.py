@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from em_lightning.analysis.summary import headline_table
 from em_lightning.inference.engine import ModelRunner, TiledPredictor, normalize_mode
+from em_lightning.inference.exports import EXPORT_DIR, check_export, export_annotations
 from em_lightning.inference.inputs import image_name, list_inputs, read_images
 from em_lightning.inference.outputs import (
     concat_objects,
@@ -71,6 +72,7 @@ def _check(cfg: DictConfig) -> None:
         raise ValueError(f"pixel_size_nm must be a positive number or null, got {px!r}")
     if not 0 <= float(cfg.score_thr) <= 1:
         raise ValueError(f"score_thr must be in [0, 1], got {cfg.score_thr}")
+    check_export(cfg.get("export"), cfg.data.scope == "mmrotate")
 
 
 def _overlay_name(name: str) -> str:
@@ -147,6 +149,9 @@ def write_outputs(out_dir: Path, cfg: DictConfig, summary: dict, parts: list, im
     (out_dir / "coco_results.json").write_text(json.dumps(coco))
     (out_dir / "coco_images.json").write_text(json.dumps(coco_images(images, classes),
                                                          indent=1))
+    exported = export_annotations(out_dir / EXPORT_DIR, cfg.get("export"), images, coco, classes,
+                                  cfg.data.scope == "mmrotate", str(cfg.get("export_split",
+                                  "train")), summary["task"])
     figures = write_figures(out_dir / "plots", objects, exclude_border=exclude_border)
     thumbs = [thumbnail(p, out_dir / "plots" / "overlay_thumbnails" / p.name)
               for p in overlays[: int(cfg.report_overlays or 0)]]
@@ -181,7 +186,7 @@ def write_outputs(out_dir: Path, cfg: DictConfig, summary: dict, parts: list, im
                                    "summary_dataset.csv", "images.csv", "coco_results.json",
                                    "coco_images.json", "summary.json", "config.yaml")]
     write_report(out_dir, f"{summary['task']}: predicted microstructure", report_tables,
-                 figures + thumbs, notes, images, files + figures + overlays)
+                 figures + thumbs, notes, images, files + exported + figures + overlays)
     log.info("%d images, %d objects, %d skipped -> %s", len(images), len(coco), len(skipped),
              out_dir / "report.html")
     for item in skipped:
