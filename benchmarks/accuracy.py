@@ -181,7 +181,7 @@ def heldout_metrics(run_dir: Path, task: str, recipe: dict, n_images: int, seed:
             return data["metrics"]["val"]
     root = data_dir / f"{task}_{recipe['demo_px']}px_seed{seed}_n{n_images}"
     cmd = [sys.executable, "-m", "em_lightning.evaluate", *recipe_overrides(run_dir),
-           f"ckpt_path={checkpoint}", f"data.root={root}", "data.num_workers=0",
+           f"ckpt_path={checkpoint}", f"data.demo_root={root}", "data.num_workers=0",
            f"++data.demo.seed={seed}", "++data.demo.n_train=1", f"++data.demo.n_val={n_images}",
            f"model.test_time_aug={test_time_aug}", f"hydra.run.dir={out}"]
     print("$ " + " ".join(cmd[1:]), flush=True)

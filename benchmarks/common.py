@@ -93,7 +93,7 @@ def compose_cfg(task: str, image_size: int, data_dir: Path, overrides: Sequence[
                 output_dir: Path | None = None) -> Any:
     """The training config of ``task`` at ``image_size`` px on a demo set under ``data_dir``."""
     root = Path(data_dir) / f"{task}_{image_size}"
-    base = [f"task={task}", f"data.root={root}", f"data.image_size={image_size}",
+    base = [f"task={task}", f"data.demo_root={root}", f"data.image_size={image_size}",
             f"data.demo.image_size={image_size}"]
     return compose_config("train", base + list(overrides), output_dir)
 

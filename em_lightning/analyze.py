@@ -28,8 +28,12 @@ from em_lightning.analysis.summary import (
     headline_table,
     size_column,
 )
+from em_lightning.cli import launch, user_errors
+from em_lightning.config_checks import check_config
 from em_lightning.data.errors import DataError
+from em_lightning.data.layout import check_output_outside
 from em_lightning.data.microscopy import read_em_image
+from em_lightning.errors import InputNotFoundError
 from em_lightning.inference.annotations import (
     instance_detection,
     load_prediction_table,
@@ -146,7 +150,7 @@ def load_predictions(cfg: DictConfig, images: list[ImageInfo], dataset: Any
     elif spec.is_file():
         table, covered = predicted_from_json(spec, images, dataset, classes)
     else:
-        raise FileNotFoundError(f"{spec}: predictions must be a predict output folder or a "
+        raise InputNotFoundError(f"predictions={spec}: must be a predict output folder or a "
                                 "COCO results JSON")
     if cfg.score_thr is not None:
         table = table[table["score"] >= float(cfg.score_thr)]
@@ -179,8 +183,10 @@ def per_image_counts(pred: pd.DataFrame, truth: pd.DataFrame, images: list[Image
 
 def analyze(cfg: DictConfig) -> dict[str, Any]:
     """Measure the annotations (and compare with predictions); returns ``summary.json``."""
+    check_config(cfg, "analyze")
     register_all_modules()
     out_dir = Path(cfg.output or cfg.paths.output_dir)
+    check_output_outside(out_dir, cfg.data.root, "output")
     classes = list(cfg.data.classes)
     summary: dict[str, Any] = {"task": cfg.task_name, "root": str(cfg.data.root),
                                "split": str(cfg.split), "skipped": [], "ignored_crowd": 0,
@@ -249,9 +255,10 @@ def analyze(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="analyze")
+@user_errors("analyze")
 def main(cfg: DictConfig) -> None:
     analyze(cfg)
 
 
 if __name__ == "__main__":
-    main()
+    launch(main, "analyze")

@@ -16,6 +16,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from em_lightning.callbacks import PredictionOverlays
+from em_lightning.cli import launch, user_errors
+from em_lightning.config_checks import check_config
 from em_lightning.evaluation import DetectionEvaluator
 from em_lightning.models.trained_config import load_trained_weights
 from em_lightning.registry import register_all_modules
@@ -44,6 +46,7 @@ def format_table(metrics: dict[str, float], classes: list[str], kinds: list[str]
 
 
 def evaluate(cfg: DictConfig) -> dict[str, dict[str, float]]:
+    check_config(cfg, "evaluate")
     register_all_modules()
     pl.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
@@ -81,9 +84,10 @@ def evaluate(cfg: DictConfig) -> dict[str, dict[str, float]]:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
+@user_errors("evaluate")
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 
 
 if __name__ == "__main__":
-    main()
+    launch(main, "evaluate")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,10 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from em_lightning.analysis.summary import headline_table
+from em_lightning.cli import launch, user_errors
+from em_lightning.config_checks import check_config
+from em_lightning.data.errors import DataError
+from em_lightning.data.layout import check_output_outside
 from em_lightning.inference.engine import ModelRunner, TiledPredictor, normalize_mode
 from em_lightning.inference.exports import EXPORT_DIR, check_export, export_annotations
 from em_lightning.inference.inputs import image_name, list_inputs, read_images
@@ -66,25 +69,18 @@ def load_model(cfg: DictConfig) -> torch.nn.Module:
     return module
 
 
-def _check(cfg: DictConfig) -> None:
-    px = cfg.get("pixel_size_nm")
-    if px is not None and not (isinstance(px, int | float) and math.isfinite(px) and px > 0):
-        raise ValueError(f"pixel_size_nm must be a positive number or null, got {px!r}")
-    if not 0 <= float(cfg.score_thr) <= 1:
-        raise ValueError(f"score_thr must be in [0, 1], got {cfg.score_thr}")
-    check_export(cfg.get("export"), cfg.data.scope == "mmrotate")
-
-
 def _overlay_name(name: str) -> str:
     return name.replace("/", "__").rsplit(".", 1)[0] + ".png"
 
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """Run prediction as configured; returns the content of ``summary.json``."""
+    check_config(cfg, "predict")
+    check_export(cfg.get("export"), cfg.data.scope == "mmrotate")
     register_all_modules()
-    _check(cfg)
     out_dir = Path(cfg.output or cfg.paths.output_dir)
     files, root = list_inputs(str(cfg.input))
+    check_output_outside(out_dir, root, "output")
     classes = list(cfg.data.classes)
     pipeline = OmegaConf.to_container(cfg.data.test_pipeline, resolve=True)
     device = pick_device(str(cfg.device))
@@ -131,8 +127,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         summary["problems"] = [runner.cap_problem()]
     write_outputs(out_dir, cfg, summary, parts, images, coco, overlays)
     if not images:
-        raise RuntimeError(f"{cfg.input}: none of the {len(files)} files could be read; see "
-                           f"{out_dir / 'summary.json'}")
+        raise DataError(cfg.input, f"none of the {len(files)} files could be read; see "
+                                   f"{out_dir / 'summary.json'}")
     return summary
 
 
@@ -194,9 +190,10 @@ def write_outputs(out_dir: Path, cfg: DictConfig, summary: dict, parts: list, im
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
+@user_errors("predict")
 def main(cfg: DictConfig) -> None:
     predict(cfg)
 
 
 if __name__ == "__main__":
-    main()
+    launch(main, "predict")

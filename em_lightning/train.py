@@ -15,6 +15,9 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
+from em_lightning.cli import launch, user_errors
+from em_lightning.config_checks import check_config
+from em_lightning.errors import UserError
 from em_lightning.registry import register_all_modules
 from em_lightning.runner import as_float, build_data_and_model, build_trainer, finish_loggers
 
@@ -35,6 +38,7 @@ def evaluate_split(trainer: pl.Trainer, model: pl.LightningModule, loader: objec
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then evaluate the best checkpoint on val and (optionally) train; write metrics.json."""
+    check_config(cfg, "train")
     register_all_modules()
     pl.seed_everything(cfg.seed, workers=True)
     datamodule, model = build_data_and_model(cfg)
@@ -67,6 +71,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@user_errors("train")
 def main(cfg: DictConfig) -> float:
     """Train once; return the optimized metric (NaN if missing) to Hydra sweepers.
 
@@ -81,6 +86,8 @@ def main(cfg: DictConfig) -> float:
     prepare_trial(cfg)
     try:
         metrics = train(cfg)
+    except UserError:  # its message is the whole story: logged once by user_errors
+        raise
     except Exception:
         log.exception("trial failed; the sweep records it and goes on")
         raise
@@ -88,4 +95,4 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    launch(main, "train")

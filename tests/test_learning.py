@@ -19,7 +19,7 @@ COMMON = ["experiment=tiny", "logger=csv", "eval_train=false", "callbacks.overla
 def ap50_before_and_after(task: str, metric: str, tmp_path, *extra: str) -> tuple[float, float]:
     from em_lightning.train import train
 
-    overrides = [f"task={task}", *COMMON, f"data.root={tmp_path / 'data'}", *extra]
+    overrides = [f"task={task}", *COMMON, f"data.demo_root={tmp_path / 'data'}", *extra]
     untrained = train(compose_cfg([*overrides, "train=false"], tmp_path / "untrained"))
     trained = train(compose_cfg(overrides, tmp_path / "trained"))
     return untrained[metric], trained[metric]

@@ -10,6 +10,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from em_lightning.errors import CheckpointError
 from em_lightning.models.trained_config import as_override, load_trained_weights
 from tests.conftest import compose_cfg
 
@@ -42,7 +43,7 @@ def _load(path, overrides):
 
 def test_other_model_overrides_name_what_the_checkpoint_was_trained_with(recorded_ckpt):
     path, _ = recorded_ckpt
-    with pytest.raises(RuntimeError, match="does not fit") as err:
+    with pytest.raises(CheckpointError, match="does not fit") as err:
         _load(path, ["task=vesicles", "experiment=tiny", "model.detector.neck.out_channels=32"])
     message = str(err.value)
     assert "trained with task=vesicles" in message
@@ -68,7 +69,7 @@ def test_checkpoint_without_record_keeps_the_generic_hint(tmp_path):
     cfg = compose_cfg(["task=vesicles", "experiment=tiny"])
     path = tmp_path / "bare.ckpt"
     torch.save({"state_dict": instantiate(cfg.model).state_dict()}, path)
-    with pytest.raises(RuntimeError, match="pass the task/experiment/model overrides"):
+    with pytest.raises(CheckpointError, match="pass the task/experiment/model overrides"):
         _load(path, ["task=vesicles", "experiment=tiny", "model.detector.neck.out_channels=32"])
 
 

@@ -13,6 +13,8 @@ import pytorch_lightning as pl
 from mmengine.dataset import pseudo_collate
 from torch.utils.data import DataLoader, Dataset
 
+from em_lightning.data.demo import ensure_demo
+from em_lightning.data.layout import check_layout
 from em_lightning.registry import scope
 
 log = logging.getLogger(__name__)
@@ -62,7 +64,10 @@ class DetectionDataModule(pl.LightningDataModule):
         dataset: OpenMMLab dataset config; ``{split}`` in any string is replaced by the split.
         train_pipeline / test_pipeline: OpenMMLab transform configs (augmentation only in train).
         splits: split names on disk for ``train``, ``val`` and ``test``.
-        demo: called with ``root`` before loading (e.g. writes the demo dataset when missing).
+        demo: writes the demo dataset into the folder it is given; called only when ``root``
+            is ``demo_root`` and holds no complete dataset yet (:mod:`em_lightning.data.demo`).
+        demo_root: the task's own demo folder; any other ``root`` is the user's data, which is
+            checked (:mod:`em_lightning.data.layout`) and never written to.
         strict: raise on bad data (True) or skip it with a counted, logged warning (False).
         scope: OpenMMLab library whose registries resolve the pipeline (mmdet or mmrotate).
         settings: further config keys that the pipelines interpolate (``image_size``,
@@ -73,6 +78,7 @@ class DetectionDataModule(pl.LightningDataModule):
                  train_pipeline: list, test_pipeline: list, batch_size: int = 2,
                  val_batch_size: int | None = None, num_workers: int = 2,
                  splits: dict | None = None, demo: Callable[[str], Any] | None = None,
+                 demo_root: str | None = None,
                  strict: bool = True, pin_memory: bool = False, scope: str = "mmdet",
                  **settings: Any) -> None:
         super().__init__()
@@ -90,6 +96,7 @@ class DetectionDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.splits = {"train": "train", "val": "val", "test": "val", **(splits or {})}
         self.demo = demo
+        self.demo_root = demo_root
         self.strict = strict
         self.pin_memory = pin_memory
         self.scope = scope
@@ -97,12 +104,12 @@ class DetectionDataModule(pl.LightningDataModule):
         self.datasets: dict[str, Dataset] = {}
 
     def prepare_data(self) -> None:
-        if self.demo is not None:
-            self.demo(self.root)
+        ensure_demo(self.root, self.demo_root, self.demo)
 
     def build_dataset(self, split: str, augment: bool) -> Dataset:
         """The dataset of on-disk ``split`` with the train (augmenting) or test pipeline."""
         cfg = _format_split(copy.deepcopy(self.dataset_cfg), split)
+        check_layout(self.root, cfg, split)
         cfg.update(data_root=self.root, metainfo={"classes": tuple(self.classes)},
                    pipeline=copy.deepcopy(self.train_pipeline if augment else self.test_pipeline),
                    strict=self.strict, test_mode=not augment, filter_cfg=None)
@@ -112,8 +119,8 @@ class DetectionDataModule(pl.LightningDataModule):
             return DATASETS.build(cfg)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.demo is not None and not self.datasets:
-            self.demo(self.root)  # no-op when present; covers setup() without prepare_data()
+        if not self.datasets:  # no-op when present; covers setup() without prepare_data()
+            ensure_demo(self.root, self.demo_root, self.demo)
         wanted = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"],
                   "predict": ["test"]}.get(stage or "fit", ["train", "val"])
         for name in wanted:

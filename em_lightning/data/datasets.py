@@ -17,6 +17,7 @@ from mmdet.datasets.api_wrappers import COCO
 
 from em_lightning.data.coco_validation import check_image_file, validate_coco
 from em_lightning.data.errors import DataError, SkipReport
+from em_lightning.data.layout import kitti_classes_file
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,8 @@ class EMRotatedDataset(BaseDetDataset):
         if self.ann_format == "dota":
             return fmt.read_dota(source, img_root, report=self.report)
         if self.ann_format == "kitti":
-            return fmt.read_kitti(source, img_root, report=self.report)
+            classes_file = kitti_classes_file(Path(self.data_root or source.parent), source)
+            return fmt.read_kitti(source, img_root, classes_file, report=self.report)
         raise ValueError(f"unknown ann_format {self.ann_format!r}; expected coco, dota or kitti")
 
     def load_data_list(self) -> list[dict]:

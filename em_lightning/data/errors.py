@@ -10,16 +10,20 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
+from em_lightning.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A problem with input data; the message names the file and what is wrong."""
 
-    def __init__(self, path: object, problem: str) -> None:
-        self.path = str(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
+    def __init__(self, path: object, problem: str | None = None) -> None:
+        # one argument: a message re-raised by a library (mmengine's registry and torch's
+        # DataLoader workers rebuild exceptions as ``type(exc)(message)``)
+        self.path = str(path) if problem is not None else ""
+        self.problem = problem if problem is not None else str(path)
+        super().__init__(f"{self.path}: {problem}" if problem is not None else str(path))
 
 
 @dataclass

@@ -12,6 +12,7 @@ import numpy as np
 
 from em_lightning.data.microscopy import SUPPORTED_SUFFIXES, EMImage, read_em_image
 from em_lightning.data.transforms import normalize_em
+from em_lightning.errors import InputNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +41,9 @@ def list_inputs(spec: str) -> tuple[list[Path], Path]:
                        if Path(p).is_file())
         root = Path(os.path.commonpath([p.parent for p in files])) if files else Path(".")
     else:
-        raise FileNotFoundError(f"{spec}: input is not a file, a folder or a matching glob")
+        raise InputNotFoundError(f"input={spec}: not a file, a folder or a matching glob")
     if not files:
-        raise FileNotFoundError(f"{spec}: no image files found (supported: "
+        raise InputNotFoundError(f"input={spec}: no image files found (supported: "
                                 f"{', '.join(SUPPORTED_SUFFIXES)})")
     return files, root
 

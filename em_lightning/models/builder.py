@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from em_lightning.errors import CheckpointError, InputNotFoundError
 from em_lightning.registry import scope as openmmlab_scope
 
 log = logging.getLogger(__name__)
@@ -74,11 +75,11 @@ def read_checkpoint(path: str | Path) -> Any:
     """The whole checkpoint object (state dict plus whatever metadata it carries)."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint file not found")
+        raise InputNotFoundError(f"{path}: checkpoint file not found")
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except (pickle.UnpicklingError, EOFError, RuntimeError) as exc:  # truncated or not torch
-        raise ValueError(f"{path}: not a readable checkpoint (truncated or another format: "
+        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or another format: "
                          f"{exc})") from None
 
 
@@ -89,7 +90,7 @@ def state_dict_of(ckpt: Any, path: str | Path) -> dict:
             if key in ckpt and isinstance(ckpt[key], dict):
                 return ckpt[key]
     if not isinstance(ckpt, dict):
-        raise ValueError(f"{path}: not a state dict or checkpoint (got {type(ckpt).__name__})")
+        raise CheckpointError(f"{path}: not a state dict or checkpoint (got {type(ckpt).__name__})")
     return ckpt
 
 
@@ -160,7 +161,7 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> list[str]:
     result = model.backbone.load_state_dict(state, strict=False)
     loaded = len(state) - len(result.unexpected_keys)
     if loaded == 0:
-        raise ValueError(f"{path}: no tensor matched the backbone; is it a ResNet checkpoint?")
+        raise CheckpointError(f"{path}: no tensor matched the backbone; is it a ResNet checkpoint?")
     log.info("Loaded %d backbone tensors from %s (%d missing, %d unexpected)", loaded, path,
              len(result.missing_keys), len(result.unexpected_keys))
     return list(result.missing_keys)
@@ -205,7 +206,7 @@ def load_detector_weights(model: nn.Module, path: str | Path,
             state[key] = mapped
     result = model.load_state_dict(state, strict=False)
     if not set(state) - set(result.unexpected_keys):
-        raise ValueError(f"{path}: no tensor matched the detector")
+        raise CheckpointError(f"{path}: no tensor matched the detector")
     if remapped:
         log.info("Class heads of %s mapped from the checkpoint's classes %s: %s",
                  shared, old_classes, remapped)

@@ -18,6 +18,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from em_lightning.errors import CheckpointError
 from em_lightning.models.builder import read_checkpoint, recorded_config, state_dict_of
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ def load_trained_weights(module: nn.Module, cfg: DictConfig) -> None:
                 hint += f"; the training command's overrides: {run_overrides}"
         else:
             hint = "pass the task/experiment/model overrides used for training"
-        raise RuntimeError(
+        raise CheckpointError(
             f"{path}: checkpoint does not fit the model of task={cfg.get('task_name')} with "
             f"these overrides; {hint} ({str(exc).splitlines()[0]})") from None
     data_diffs = {k: v for k, v in diffs.items() if k.startswith("data.")}  # the rest fit

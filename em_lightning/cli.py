@@ -1,0 +1,130 @@
+"""What every Hydra entry point does around its work: short errors and override suggestions.
+
+Why: the project's own errors (bad data, image, annotation, checkpoint or setting) already say
+what is wrong, which file or key, and what to do; printed below a 50-line traceback through
+Lightning and mmengine they are hard to find. :func:`user_errors` prints them alone and exits
+1 (``HYDRA_FULL_ERROR=1`` shows the traceback); any other exception keeps its traceback.
+:func:`launch` adds "did you mean ...?" to Hydra's error for a misspelt override.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from em_lightning.errors import UserError
+
+log = logging.getLogger(__name__)
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
+FULL_ERROR = "HYDRA_FULL_ERROR"
+
+
+class ReportedError(SystemExit):
+    """Exit after a :class:`UserError` was printed (no override suggestions needed)."""
+
+
+def in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _to_log_files(message: str) -> None:
+    """Write ``message`` to the run's log file only (the console gets the short form)."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+def error_message(err: UserError, entry: str) -> str:
+    return (f"error: {err}\n"
+            f"(python -m em_lightning.{entry} stopped before finishing; for the full traceback "
+            f"run again with {FULL_ERROR}=1)")
+
+
+def user_errors(entry: str) -> Callable[[Callable[[DictConfig], Any]], Callable]:
+    """Decorate a Hydra task function: a :class:`UserError` becomes one message and exit 1.
+
+    In a multirun (a sweep) the error is logged in one line and re-raised, so the sweeper
+    records the failed trial and goes on.
+    """
+    def decorate(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
+        @functools.wraps(task)
+        def run(cfg: DictConfig) -> Any:
+            try:
+                return task(cfg)
+            except UserError as err:
+                if os.environ.get(FULL_ERROR) == "1":
+                    raise
+                if in_multirun():
+                    log.error("%s", err)
+                    raise
+                _to_log_files(f"stopped: {err}")
+                print(error_message(err, entry), file=sys.stderr, flush=True)
+                raise ReportedError(1) from None
+        return run
+    return decorate
+
+
+def _flat_keys(node: Any, prefix: str = "") -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            path = f"{prefix}.{key}" if prefix else str(key)
+            yield path
+            yield from _flat_keys(value, path)
+
+
+def _config_groups() -> set[str]:
+    return {p.name for p in CONFIG_DIR.iterdir() if p.is_dir()}
+
+
+def suggest_overrides(config_name: str, overrides: list[str]) -> list[str]:
+    """"did you mean ...?" lines for overrides whose key is not in the composed config."""
+    from hydra import compose, initialize_config_dir
+
+    groups = _config_groups()
+    plain = [o for o in overrides if "=" in o and not o.startswith(("+", "~", "-"))]
+    chosen = [o for o in plain if o.split("=", 1)[0] in groups]
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose(config_name, overrides=chosen)
+    except Exception:  # noqa: BLE001 - a suggestion is a courtesy; Hydra's error stands
+        return []
+    container = OmegaConf.to_container(cfg, resolve=False)
+    known = list(_flat_keys(container)) + sorted(groups)
+    lines = []
+    for override in plain:
+        key = override.split("=", 1)[0]
+        absent = "\0absent"
+        if "/" in key or key in groups or key.startswith("hydra.") or \
+                OmegaConf.select(cfg, key, default=absent, throw_on_missing=False) != absent:
+            continue
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
+        if close:
+            lines.append(f"did you mean {close[0]}? ({key} is not a setting of "
+                         f"em_lightning.{config_name}; `--help` lists the main ones)")
+        else:
+            lines.append(f"{key} is not a setting of em_lightning.{config_name}; `--cfg job` "
+                         f"prints them all (prefix + to add a new key)")
+    return lines
+
+
+def launch(hydra_main: Callable[[], Any], config_name: str) -> None:
+    """Run a ``@hydra.main`` function; on a failed start, suggest fixes for unknown keys."""
+    try:
+        hydra_main()
+    except SystemExit as exc:
+        if exc.code not in (0, None) and not isinstance(exc, ReportedError):
+            for line in suggest_overrides(config_name, sys.argv[1:]):
+                print(line, file=sys.stderr)
+        raise
