@@ -28,7 +28,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import pycocotools.mask as mask_utils
 
 from em_lightning.data.label_images import mask_annotation
 from em_lightning.data.rotated_formats import (
@@ -39,6 +38,7 @@ from em_lightning.data.rotated_formats import (
     write_dota,
     write_kitti,
 )
+from em_lightning.inference.annotations import rle_crop
 from em_lightning.inference.results import ImageInfo
 
 __all__ = ["EXPORT_DIR", "EXPORT_FORMATS", "check_export", "export_annotations",
@@ -102,13 +102,6 @@ def _copy_image(info: ImageInfo, dst: Path) -> None:
     tifffile.imwrite(dst, np.ascontiguousarray(read_em_image(src).data))
 
 
-def _decode(entry: dict) -> np.ndarray:
-    seg = entry["segmentation"]
-    counts = seg["counts"]
-    rle = {**seg, "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-    return mask_utils.decode(rle).astype(bool)
-
-
 def _mask_coco(images: Sequence[ImageInfo], names: Sequence[str], results: Sequence[dict],
                classes: Sequence[str], split: str) -> dict:
     by_image: dict[int, list[dict]] = {}
@@ -119,14 +112,11 @@ def _mask_coco(images: Sequence[ImageInfo], names: Sequence[str], results: Seque
         coco_images.append({"id": info.id, "file_name": f"{split}/{name}", "width": info.width,
                             "height": info.height})
         for entry in by_image.get(info.id, []):
-            full = _decode(entry)
-            rows, cols = np.flatnonzero(full.any(axis=1)), np.flatnonzero(full.any(axis=0))
-            if not rows.size:
+            unpacked = rle_crop(entry["segmentation"])  # the object's pixels only
+            if unpacked is None:
                 continue
-            y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-            ann, _ = mask_annotation(full[y0:y1, x0:x1], (int(x0), int(y0)), info.height,
-                                     info.width, len(annotations) + 1, info.id,
-                                     int(entry["category_id"]))
+            ann, _ = mask_annotation(*unpacked, info.height, info.width, len(annotations) + 1,
+                                     info.id, int(entry["category_id"]))
             ann["score"] = entry["score"]
             annotations.append(ann)
     return {
