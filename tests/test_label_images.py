@@ -171,6 +171,29 @@ def test_bad_label_images_and_outputs_fail_with_one_line(dataset, tmp_path, caps
     assert not out.exists()
 
 
+@pytest.mark.parametrize("kind", ["png8", "png16", "palette_png", "tif8", "tif32", "float_tif"])
+def test_label_image_types_read_back_exactly(kind: str, tmp_path: Path) -> None:
+    lab = label_image(0).astype(np.int64)
+    if kind in ("png8", "palette_png", "tif8", "tif32"):
+        lab = np.unique(lab, return_inverse=True)[1].reshape(lab.shape)  # values 0..12
+    path = tmp_path / ("lab.tif" if "tif" in kind else "lab.png")
+    if kind == "png8":
+        cv2.imwrite(str(path), lab.astype(np.uint8))
+    elif kind == "png16":
+        cv2.imwrite(str(path), lab.astype(np.uint16))
+    elif kind == "palette_png":
+        Image.fromarray(lab.astype(np.uint8), mode="L").convert("P").save(path)
+    elif kind == "tif8":
+        tifffile.imwrite(path, lab.astype(np.uint8))
+    elif kind == "tif32":
+        lab = lab * 70000  # beyond 16 bits
+        tifffile.imwrite(path, lab.astype(np.uint32))
+    else:
+        tifffile.imwrite(path, lab.astype(np.float32))
+    got = read_label_image(path)
+    assert got.shape == lab.shape and np.array_equal(got.astype(np.int64), lab)
+
+
 def test_segmentation_is_exact_on_random_shapes() -> None:
     """Random blobs of every shape: polygon or RLE, the decoded mask is always the input."""
     from pycocotools import mask as mask_utils
