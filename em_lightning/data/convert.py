@@ -71,6 +71,7 @@ classes, with a header line and columns value,class[,file], e.g.
     1,vesicle            cell_01_masks.tif,7,hole
     2,hole
 rows without a file apply to every label file; a value missing from the map is bad data.
+Categories are the class names sorted (ids 1, 2, ...).
 --output must lie outside --input and --images (input folders are never written to).
 """
 
