@@ -401,3 +401,45 @@ def test_writers_reject_unknown_classes_and_duplicate_stems(tmp_path: Path) -> N
         write_dota(dup, tmp_path / "d")
     with pytest.raises(DataError, match="whitespace"):
         write_dota([RotatedImage("a.png", 10, 10, [RotatedObject("a b", 5, 5, 2, 1, 0)])], tmp_path)
+
+
+# --------------------------------------------------------------------------- degrees
+
+
+def test_angles_in_degrees_are_rejected_with_the_file_named(tmp_path: Path) -> None:
+    """A file whose angles are degrees (beyond a full turn) is refused even when bad objects
+    are only skipped: every box of such a file would be turned wrongly."""
+    labels, img, txt = _kitti_case(tmp_path, "0 50 50 10 5 30.0")
+    for report in (None, SkipReport(strict=False)):
+        with pytest.raises(DataError, match="angles must be in radians") as info:
+            read_kitti(labels, img, report=report)
+        assert f"{txt}:2" in str(info.value) and "30" in str(info.value)
+    good = {"id": 1, "image_id": 1, "category_id": 1, "rbox": [40, 40, 10, 5, 0.1]}
+    data = {
+        "images": [{"id": 1, "file_name": "x.png", "width": 100, "height": 100}],
+        "annotations": [good, {**good, "id": 2, "rbox": [60, 60, 10, 5, -45.0]}],
+        "categories": [{"id": 1, "name": "rod"}],
+    }
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match="angles must be in radians") as info:
+        read_coco_rotated(path, report=SkipReport(strict=False))
+    assert f"{path}[annotations][1] (id=2)" in str(info.value)
+    # a full turn either way (other tools' conventions, float noise) is still radians
+    data["annotations"][1]["rbox"][4] = -2 * math.pi
+    path.write_text(json.dumps(data))
+    images, _ = read_coco_rotated(path)
+    assert images[0].objects[1].angle == pytest.approx(0.0, abs=1e-9)
+
+
+def test_prediction_results_in_degrees_are_rejected_with_the_file_named() -> None:
+    """Predictions (COCO results with an ``rbox`` field, as analyze reads them) in degrees."""
+    from em_lightning.inference.annotations import results_detections
+
+    entry = {"category_id": 1, "score": 0.9, "rbox": [40.0, 40.0, 10.0, 4.0, 0.3]}
+    dets = results_detections([entry], {1: 0}, 100, 100, "preds.json")
+    assert len(dets) == 1 and dets[0].rbox[4] == pytest.approx(0.3)
+    with pytest.raises(DataError, match="angles must be in radians") as info:
+        results_detections([entry, {**entry, "rbox": [40.0, 40.0, 10.0, 4.0, 90.0]}], {1: 0},
+                           100, 100, "preds.json")
+    assert "preds.json" in str(info.value) and "result 1" in str(info.value)

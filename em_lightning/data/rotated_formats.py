@@ -8,7 +8,8 @@ set of conventions so that a box means the same rectangle whichever file it came
   (the COCO / mmdet convention).
 * **Angle** is in radians, positive = clockwise on screen (y points down), the same as OpenCV
   and mmrotate. A corner is ``c + R(angle) @ (+-w/2, +-h/2)`` with
-  ``R = [[cos, -sin], [sin, cos]]``; ``w`` is measured along the rotated x axis.
+  ``R = [[cos, -sin], [sin, cos]]``; ``w`` is measured along the rotated x axis. Readers
+  reject a file with an angle beyond a full turn (``|angle| > 2*pi``): it is in degrees.
 * **Normalisation** is mmrotate's ``'le90'``: ``w >= h`` and ``angle`` in ``[-pi/2, pi/2)``.
   All readers return le90 boxes, so the same rectangle has the same numbers whatever its source
   (up to float noise at the ``+-pi/2`` seam and for squares: compare boxes with
@@ -107,6 +108,38 @@ def normalize_le90(cx: float, cy: float, w: float, h: float, angle: float) -> RB
     return float(cx), float(cy), float(w), float(h), float(angle)
 
 
+def normalize_le90_array(boxes: np.ndarray) -> np.ndarray:
+    """:func:`normalize_le90` for an ``(N, 5)`` array (float64 copy; other columns kept).
+
+    Every rotated IoU in the project goes through this first (see
+    :mod:`em_lightning.evaluation.rotated_iou`), so a rectangle is written one way only.
+    """
+    out = np.array(boxes, dtype=np.float64, copy=True).reshape(-1, np.shape(boxes)[-1])
+    swap = out[:, 2] < out[:, 3]
+    out[swap, 2], out[swap, 3] = out[swap, 3].copy(), out[swap, 2].copy()
+    out[swap, 4] += math.pi / 2
+    out[:, 4] = np.remainder(out[:, 4] + math.pi / 2, math.pi) - math.pi / 2
+    out[out[:, 4] >= math.pi / 2, 4] -= math.pi  # float guard at the open end
+    return out
+
+
+#: Largest |angle| accepted from a file: a full turn plus float noise. Angles beyond it are
+#: almost certainly degrees (a 45-degree box written as 45), which would silently turn every
+#: box by a wrong amount.
+MAX_ABS_RADIANS = 2 * math.pi + 1e-3
+
+
+def require_radians(angles: Iterable[float], where: object) -> None:
+    """Raise :class:`DataError` naming ``where`` when an angle is clearly in degrees."""
+    for angle in angles:
+        if math.isfinite(angle) and abs(angle) > MAX_ABS_RADIANS:
+            raise DataError(
+                where,
+                f"rotated-box angle {angle:g} is outside [-2*pi, 2*pi]: angles must be in "
+                "radians (this looks like degrees; convert with math.radians)",
+            )
+
+
 def corners_to_rbox(corners: np.ndarray) -> RBox:
     """Invert :func:`rbox_to_corners` for 4 consecutive corners (either winding), le90.
 
@@ -154,6 +187,7 @@ def _check_object(
 ) -> RotatedObject | None:
     """Return the le90-normalised object, or report why it is unusable and return None."""
     values = obj.rbox
+    require_radians([obj.angle], where)  # a file in degrees is wrong as a whole: never skipped
     if not all(math.isfinite(v) for v in values):
         report.problem(
             where, f"non-finite box values (cx, cy, w, h, angle) = {values}", "non_finite"

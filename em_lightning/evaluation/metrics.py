@@ -4,13 +4,20 @@ mmdet's ``CocoMetric`` (bbox, segm) and mmrotate's ``RotatedCocoMetric`` (COCO A
 run pycocotools; ``mmengine`` gathers their per-rank results before computing (so DDP sees ALL
 images). mmrotate's ``DOTAMetric`` always opens a 4-process spawn pool per evaluation, so the
 DOTA/VOC AP50 here calls its per-image ``tpfp_default`` in-process instead.
+
+Both rotated metrics call mmcv's ``box_iou_rotated``, which is wrong for coincident boxes
+written differently (angle + pi: IoU 0.2 down to 0.0). While they compute, that name is bound to
+the project's exact :func:`~em_lightning.evaluation.rotated_iou.rotated_iou_matrix`, and the
+predictions they receive are normalised to le90, so ground truth fed back in any equivalent form
+scores AP 1.0.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +29,65 @@ log = logging.getLogger(__name__)
 
 #: metric name -> COCO iou type, per task kind
 COCO_KINDS = {"bbox": "bbox", "segm": "segm", "rbox": "bbox"}
+
+
+#: the mmrotate modules whose ``box_iou_rotated`` (imported from mmcv.ops) the metrics call
+_IOU_USERS = ("mmrotate.evaluation.functional.mean_ap",
+              "mmrotate.evaluation.metrics.rotated_coco_metric")
+
+
+def _exact_box_iou_rotated(bboxes1: Any, bboxes2: Any, mode: str = "iou",
+                           aligned: bool = False, clockwise: bool = True) -> Any:
+    """mmcv ``box_iou_rotated``'s signature and result type, computed exactly."""
+    import torch
+
+    from em_lightning.evaluation.rotated_iou import rotated_iou_matrix
+
+    if aligned:
+        raise NotImplementedError("aligned rotated IoU is not used by the metrics")
+    a = torch.as_tensor(bboxes1, dtype=torch.float64)
+    b = torch.as_tensor(bboxes2, dtype=torch.float64)
+    if not clockwise:  # mmcv flips the angle of counter-clockwise boxes
+        a, b = a.clone(), b.clone()
+        a[:, 4], b[:, 4] = -a[:, 4], -b[:, 4]
+    ious = rotated_iou_matrix(a, b, mode=mode)
+    return torch.from_numpy(ious).to(dtype=torch.as_tensor(bboxes1).dtype)
+
+
+@contextmanager
+def exact_rotated_iou() -> Iterator[None]:
+    """While inside, mmrotate's rotated metrics use the exact IoU instead of mmcv's."""
+    import importlib
+
+    modules = [importlib.import_module(name) for name in _IOU_USERS]
+    for module in modules:
+        if not hasattr(module, "box_iou_rotated"):  # a newer mmrotate moved it: say so
+            raise RuntimeError(f"{module.__name__} no longer uses box_iou_rotated; update "
+                               "em_lightning.evaluation.metrics._IOU_USERS")
+    saved = [module.box_iou_rotated for module in modules]
+    try:
+        for module in modules:
+            module.box_iou_rotated = _exact_box_iou_rotated
+        yield
+    finally:
+        for module, original in zip(modules, saved):
+            module.box_iou_rotated = original
+
+
+def _le90_boxes(sample: dict) -> dict:
+    """``sample`` with its rotated predicted and ground-truth boxes in le90 (a sample without
+    rotated boxes is returned as it is)."""
+    from em_lightning.evaluation.rotated_iou import normalize_le90_boxes
+
+    out = dict(sample)
+    for key in ("pred_instances", "gt_instances", "ignored_instances"):
+        inst = sample.get(key)
+        inst = inst.to_dict() if hasattr(inst, "to_dict") else inst
+        boxes = inst.get("bboxes") if isinstance(inst, dict) else None
+        boxes = getattr(boxes, "tensor", boxes)
+        if boxes is not None and boxes.ndim == 2 and boxes.shape[-1] == 5:
+            out[key] = {**inst, "bboxes": normalize_le90_boxes(boxes)}
+    return out
 
 
 def _dota_metric_class() -> type:
@@ -133,7 +199,8 @@ class DetectionEvaluator:
                 metric.img_ids = None
 
     def process(self, data_samples: Sequence[Any]) -> None:
-        samples = [s.to_dict() if hasattr(s, "to_dict") else s for s in data_samples]
+        samples = [_le90_boxes(s.to_dict() if hasattr(s, "to_dict") else s)
+                   for s in data_samples]
         for metric in self.metrics.values():
             metric.process({}, samples)
 
@@ -141,7 +208,8 @@ class DetectionEvaluator:
         """All metrics over ``size`` samples (padding from distributed samplers is dropped)."""
         out: dict[str, float] = {}
         for kind, metric in self.metrics.items():
-            values = metric.evaluate(size)
+            with exact_rotated_iou():
+                values = metric.evaluate(size)
             if not values:  # mmdet returns nothing when there is not a single detection
                 log.warning("no %s detections at all: AP is 0", kind)
                 values = self._zero_result(kind)

@@ -20,7 +20,7 @@ import pandas as pd
 import pycocotools.mask as mask_utils
 
 from em_lightning.data.errors import DataError
-from em_lightning.data.rotated_formats import corners_to_rbox
+from em_lightning.data.rotated_formats import corners_to_rbox, require_radians
 from em_lightning.inference.detections import Detection
 
 __all__ = ["instance_detection", "load_prediction_table", "match_names",
@@ -121,6 +121,7 @@ def results_detections(entries: Sequence[Mapping[str, Any]], label_of: Mapping[i
         score = float(entry.get("score", 1.0))
         if entry.get("rbox") is not None:
             rbox = np.asarray(entry["rbox"], float)
+            require_radians(rbox[4:5], f"{where} (result {k})")
             det = Detection(label_of[cat], score, np.zeros(4), rbox=rbox)
             corners = det.outline()
             det.box = np.array([*corners.min(0), *corners.max(0)])

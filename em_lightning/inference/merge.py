@@ -19,6 +19,11 @@ The rule (also in the README):
    rectangle around both). Detections from the same tile never suppress each other (the
    model's own NMS already decided there), so touching or overlapping objects survive.
 
+Rotated boxes are compared as their corner polygons (shapely, float64), so the answer is the
+same however a tile writes a box (angle + pi, w/h swapped with angle + pi/2); mmcv's rotated IoU,
+wrong for such coincident boxes, is not used (see :mod:`em_lightning.evaluation.rotated_iou`).
+Joined fragments come back in le90.
+
 An object smaller than the overlap is therefore always taken whole from a tile that sees it
 entirely, preferably the one owning its centre; matching is class-agnostic, so the kept copy
 (the one that saw the object whole) decides the class.

@@ -121,37 +121,58 @@ def _view_batch(inputs: torch.Tensor, samples: Sequence[Any], view: View
     return out, view_samples
 
 
-def _wrap_angle(angle: torch.Tensor) -> torch.Tensor:
-    """An angle (or angle difference) brought to [-pi/2, pi/2): a box turned by pi is itself."""
-    return torch.remainder(angle + math.pi / 2, math.pi) - math.pi / 2
+def _half_extents(boxes: torch.Tensor) -> torch.Tensor:
+    """(N, 2) half width/height of the axis-aligned bounds of rotated boxes."""
+    cos, sin = torch.cos(boxes[:, 4]).abs(), torch.sin(boxes[:, 4]).abs()
+    return torch.stack([boxes[:, 2] * cos + boxes[:, 3] * sin,
+                        boxes[:, 2] * sin + boxes[:, 3] * cos], 1) / 2
 
 
-def _overlaps(boxes: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
-    """IoU of every box with one box (axis-aligned or rotated)."""
-    if boxes.shape[-1] == 5:
-        from mmcv.ops import box_iou_rotated
+def _overlaps(boxes: torch.Tensor, seed: torch.Tensor, among: torch.Tensor) -> torch.Tensor:
+    """IoU with one box of the boxes flagged in ``among`` (0 for the others).
 
-        ious = box_iou_rotated(boxes.float(), seed[None].float())[:, 0]
-        # mmcv's rotated IoU is wrong for nearly coincident boxes (within ~0.01 px: 0.6 for a
-        # box and itself turned by 1e-7 rad, mmcv issue #2621): such boxes are the same box
-        diff = (boxes - seed).abs()
-        diff[:, 4] = _wrap_angle(boxes[:, 4] - seed[4]).abs()
-        same = (diff[:, :4].amax(1) < 0.05) & (diff[:, 4] < 1e-3)
-        return torch.where(same, torch.ones_like(ious), ious)
-    from torchvision.ops import box_iou
+    Rotated IoU is the project's exact, convention-free
+    :func:`~em_lightning.evaluation.rotated_iou.rotated_iou_matrix` (mmcv's is wrong for the
+    coincident boxes that different views of one object give), computed only for the boxes
+    whose axis-aligned bounds meet the seed's."""
+    ious = torch.zeros(len(boxes), dtype=torch.float32, device=boxes.device)
+    if boxes.shape[-1] != 5:
+        from torchvision.ops import box_iou
 
-    return box_iou(boxes.float(), seed[None].float())[:, 0]
+        ious[among] = box_iou(boxes[among].float(), seed[None].float())[:, 0]
+        return ious
+    from em_lightning.evaluation.rotated_iou import rotated_iou_matrix
+
+    reach = _half_extents(boxes) + _half_extents(seed[None])
+    near = torch.nonzero(among & ((boxes[:, :2] - seed[:2]).abs() < reach).all(1)).flatten()
+    if len(near):
+        values = rotated_iou_matrix(boxes[near], seed[None])[:, 0]
+        ious[near] = torch.from_numpy(values).float().to(boxes.device)
+    return ious
+
+
+def _align_to(boxes: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Rotated boxes rewritten as the same rectangles with angles within pi/4 of ``ref``'s:
+    turning by a quarter turn swaps w and h, so members of one object can be averaged even
+    when their views wrote it differently (le90 flips w/h of a nearly square box)."""
+    boxes = boxes.clone()
+    turns = torch.round((boxes[:, 4] - ref[4]) / (math.pi / 2))
+    boxes[:, 4] -= turns * (math.pi / 2)
+    odd = torch.remainder(turns, 2) == 1
+    boxes[odd, 2], boxes[odd, 3] = boxes[odd, 3].clone(), boxes[odd, 2].clone()
+    return boxes
 
 
 def _mean_box(boxes: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Score-weighted mean box; rotated angles are first brought within pi/2 of the first
-    box's angle (a box turned by pi is the same box)."""
-    boxes = boxes.clone()
+    """Score-weighted mean box; rotated members are first aligned to the first (the seed),
+    and the mean is returned in le90."""
     if boxes.shape[-1] == 5:
-        boxes[:, 4] = boxes[0, 4] + _wrap_angle(boxes[:, 4] - boxes[0, 4])
+        boxes = _align_to(boxes, boxes[0])
     mean = (boxes * weights[:, None]).sum(0) / weights.sum()
-    if boxes.shape[-1] == 5:  # back to [-pi/2, pi/2)
-        mean[4] = _wrap_angle(mean[4])
+    if boxes.shape[-1] == 5:
+        from em_lightning.evaluation.rotated_iou import normalize_le90_boxes
+
+        mean = normalize_le90_boxes(mean[None])[0]
     return mean
 
 
@@ -197,7 +218,7 @@ def fuse_instances(views: Sequence[Any], iou_thr: float = 0.5,
         if used[seed]:
             continue
         candidates = (~used) & (labels == labels[seed])
-        candidates &= _overlaps(boxes, boxes[seed]) >= iou_thr
+        candidates &= _overlaps(boxes, boxes[seed], candidates) >= iou_thr
         members = [seed]
         for view in range(len(views)):
             if view == int(view_of[seed]):
