@@ -27,6 +27,7 @@ from em_lightning.data.rotated_formats import (
     normalize_le90,
     rbox_polygon,
 )
+from em_lightning.errors import ConfigError
 from em_lightning.inference.detections import Detection
 from em_lightning.inference.exports import check_export, export_annotations
 from em_lightning.inference.results import ImageInfo, coco_entries
@@ -165,13 +166,13 @@ def test_bad_export_settings_fail_before_anything_runs(tmp_path: Path) -> None:
 
     assert check_export(None, rotated=False) == []
     assert check_export(["coco", "coco"], rotated=True) == ["coco"]
-    with pytest.raises(ValueError, match="export: unknown format"):
+    with pytest.raises(ConfigError, match="export: unknown format"):
         check_export(["yolo"], rotated=True)
     cfg = compose_cfg(["task=vesicles", "experiment=tiny", "ckpt_path=none.ckpt",
                        f"input={tmp_path / 'nothing'}", "export=[kitti]"], config="predict")
-    with pytest.raises(ValueError, match="masks are exported as coco"):
+    with pytest.raises(ConfigError, match="masks are exported as coco"):
         predict(cfg)  # before the (missing) input or checkpoint is looked at
-    with pytest.raises(ValueError, match="export_split"):
+    with pytest.raises(ConfigError, match="export_split"):
         export_annotations(tmp_path, ["coco"], [], [], VESICLES, False, split="a/b")
 
 

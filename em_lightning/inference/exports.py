@@ -38,6 +38,7 @@ from em_lightning.data.rotated_formats import (
     write_dota,
     write_kitti,
 )
+from em_lightning.errors import ConfigError
 from em_lightning.inference.annotations import rle_crop
 from em_lightning.inference.results import ImageInfo
 
@@ -50,18 +51,18 @@ ROTATED_ONLY = ("kitti", "dota")
 
 
 def check_export(formats: Sequence[str] | str | None, rotated: bool) -> list[str]:
-    """The export formats as a list; ValueError (naming the setting) for unknown names or for
-    box formats with masks."""
+    """The export formats as a list; ConfigError (a ValueError naming the setting) for unknown
+    names or for box formats with masks."""
     if formats is None:
         return []
     names = [formats] if isinstance(formats, str) else [str(f) for f in formats]
     unknown = [f for f in names if f not in EXPORT_FORMATS]
     if unknown:
-        raise ValueError(f"export: unknown format(s) {unknown}; choose from "
-                         f"{list(EXPORT_FORMATS)} (e.g. export=[coco])")
+        raise ConfigError("export", f"unknown format(s) {unknown}; choose from "
+                                    f"{list(EXPORT_FORMATS)} (e.g. export=[coco])")
     if not rotated and any(f in ROTATED_ONLY for f in names):
-        raise ValueError(f"export: {[f for f in names if f in ROTATED_ONLY]} hold rotated "
-                         "boxes only; masks are exported as coco (export=[coco])")
+        raise ConfigError("export", f"{[f for f in names if f in ROTATED_ONLY]} hold rotated "
+                                    "boxes only; masks are exported as coco (export=[coco])")
     return list(dict.fromkeys(names))
 
 
@@ -169,7 +170,7 @@ def export_annotations(root: Path, formats: Sequence[str] | str | None,
     if not formats:
         return []
     if not split or "/" in split or "\\" in split or split in (".", ".."):
-        raise ValueError(f"export_split: must be a folder name such as train, got {split!r}")
+        raise ConfigError("export_split", f"must be a folder name such as train, got {split!r}")
     root = Path(root)
     image_dir = root / "images" / split
     image_dir.mkdir(parents=True, exist_ok=True)
