@@ -10,6 +10,8 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from em_lightning.resume import continues_in_place, wandb_run_id
+
 log = logging.getLogger(__name__)
 
 
@@ -45,7 +47,41 @@ def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
 
 
 def build_loggers(cfg: DictConfig) -> list[Any]:
-    return [instantiate(node) for node in (cfg.get("logger") or {}).values() if node]
+    """The run's loggers; a W&B run gets the resolved config as its run config, and a training
+    resumed in its own run directory continues that directory's W&B run (same id)."""
+    out = []
+    for node in (cfg.get("logger") or {}).values():
+        if not node:
+            continue
+        if str(node.get("_target_", "")).endswith("WandbLogger"):
+            # the config is passed as plain data: not a keyword of instantiate (its own first
+            # parameter) and not to be instantiated recursively (it holds `_target_` nodes)
+            params = OmegaConf.to_container(node, resolve=True)
+            params.pop("config", None)
+            out.append(instantiate(params, _partial_=True)(**wandb_kwargs(cfg, node)))
+        else:
+            out.append(instantiate(node))
+    return out
+
+
+def wandb_kwargs(cfg: DictConfig, node: DictConfig) -> dict[str, Any]:
+    """``config``: the whole resolved config, with what the node sets already (a sweep trial's
+    sampled values) on top; ``id``/``resume``: those of the run being resumed in place."""
+    config = resolved(cfg)
+    own = node.get("config")
+    if own:
+        config = OmegaConf.to_container(OmegaConf.merge(config, own), resolve=True)
+    wandb_node = (config.get("logger") or {}).get("wandb")
+    if isinstance(wandb_node, dict):
+        wandb_node.pop("config", None)  # the sampled values are in the config already
+    kwargs: dict[str, Any] = {"config": config}
+    output_dir = cfg.paths.output_dir
+    if continues_in_place(cfg.get("ckpt_path"), cfg.get("train", True), output_dir):
+        run_id = wandb_run_id(output_dir)
+        if run_id:
+            log.info("continuing W&B run %s in %s", run_id, output_dir)
+            kwargs.update(id=run_id, resume="allow")
+    return kwargs
 
 
 def build_trainer(cfg: DictConfig) -> pl.Trainer:

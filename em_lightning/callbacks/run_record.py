@@ -1,5 +1,8 @@
 """Write ``run_record.json`` (config, versions, git commit, dataset fingerprints) into the run
-directory at fit start, and store the same record inside every checkpoint."""
+directory at fit start, and store the same record inside every checkpoint.
+
+A training resumed in its run directory keeps the first record and writes its own next to it
+(``run_record.resume-<n>.json``, with the checkpoint it resumed from)."""
 
 from __future__ import annotations
 
@@ -40,10 +43,22 @@ class RunRecord(pl.Callback):
         }
         self._write()
 
+        resumed_from = (self.config or {}).get("ckpt_path")  # (trainer.ckpt_path: set later)
+        if stage == "fit" and resumed_from:
+            self.record["resumed_from"] = str(resumed_from)
     @rank_zero_only
     def _write(self) -> None:
+    def record_path(self) -> Path:
+        """``run_record.json``; for a resumed training that has one already, the first free
+        ``run_record.resume-<n>.json``."""
+        path, n = self.out_dir / "run_record.json", 0
+        while "resumed_from" in self.record and path.exists():
+            n += 1
+            path = self.out_dir / f"run_record.resume-{n}.json"
+        return path
+
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        path = self.out_dir / "run_record.json"
+        path = self.record_path()
         path.write_text(json.dumps(self.record, indent=2, sort_keys=True, default=str))
         log.info("run record written to %s", path)
 
