@@ -41,13 +41,11 @@ class RunRecord(pl.Callback):
                 split: provenance.fingerprint_files(provenance.dataset_files(ds))
                 for split, ds in datasets.items()},
         }
-        self._write()
-
         resumed_from = (self.config or {}).get("ckpt_path")  # (trainer.ckpt_path: set later)
         if stage == "fit" and resumed_from:
             self.record["resumed_from"] = str(resumed_from)
-    @rank_zero_only
-    def _write(self) -> None:
+        self._write()
+
     def record_path(self) -> Path:
         """``run_record.json``; for a resumed training that has one already, the first free
         ``run_record.resume-<n>.json``."""
@@ -57,6 +55,8 @@ class RunRecord(pl.Callback):
             path = self.out_dir / f"run_record.resume-{n}.json"
         return path
 
+    @rank_zero_only
+    def _write(self) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.record_path()
         path.write_text(json.dumps(self.record, indent=2, sort_keys=True, default=str))
