@@ -50,6 +50,7 @@ from em_lightning.inference.outputs import (
     write_tables,
 )
 from em_lightning.inference.results import ImageInfo, measure
+from em_lightning.quiet import quiet_third_party
 from em_lightning.registry import register_all_modules
 
 log = logging.getLogger(__name__)
@@ -257,6 +258,7 @@ def analyze(cfg: DictConfig) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="analyze")
 @user_errors("analyze")
 def main(cfg: DictConfig) -> None:
+    quiet_third_party(cfg)
     analyze(cfg)
 
 

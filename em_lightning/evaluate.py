@@ -19,7 +19,9 @@ from em_lightning.callbacks import PredictionOverlays
 from em_lightning.cli import launch, user_errors
 from em_lightning.config_checks import check_config
 from em_lightning.evaluation import DetectionEvaluator
+from em_lightning.evaluation.tables import compact_table, json_ready
 from em_lightning.models.trained_config import load_trained_weights
+from em_lightning.quiet import quiet_third_party
 from em_lightning.registry import register_all_modules
 from em_lightning.runner import build_data_and_model
 
@@ -69,16 +71,18 @@ def evaluate(cfg: DictConfig) -> dict[str, dict[str, float]]:
             model.metric_kinds, model.classes, outfile_prefix=out_dir / "predictions" / split,
             category_ids=getattr(loader.dataset, "cat_ids", None))
         model.eval_split = split
+        model.log_tables = False  # the table below, with the checkpoint, instead
         trainer.validate(model, dataloaders=loader, verbose=False)
         results[split] = dict(model.last_metrics)
         if trainer.is_global_zero:
             print(f"\n== {cfg.task_name}: {split} split, checkpoint {cfg.ckpt_path}\n"
-                  + format_table(results[split], model.classes, model.metric_kinds))
+                  + compact_table(results[split], model.classes, model.metric_kinds,
+                                  model.monitor, f"{split} split"))
     if trainer.is_global_zero:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "metrics.json").write_text(json.dumps(
             {"checkpoint": str(cfg.ckpt_path), "world_size": trainer.world_size,
-             "metrics": results}, indent=2, sort_keys=True))
+             "metrics": json_ready(results)}, indent=2, sort_keys=True))
         log.info("metrics and predictions written to %s", out_dir)
     return results
 
@@ -86,6 +90,7 @@ def evaluate(cfg: DictConfig) -> dict[str, dict[str, float]]:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
 @user_errors("evaluate")
 def main(cfg: DictConfig) -> None:
+    quiet_third_party(cfg)
     evaluate(cfg)
 
 

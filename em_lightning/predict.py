@@ -49,6 +49,7 @@ from em_lightning.inference.results import (
     measure,
 )
 from em_lightning.models.trained_config import load_trained_weights
+from em_lightning.quiet import quiet_third_party
 from em_lightning.registry import register_all_modules
 
 log = logging.getLogger(__name__)
@@ -192,6 +193,7 @@ def write_outputs(out_dir: Path, cfg: DictConfig, summary: dict, parts: list, im
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
 @user_errors("predict")
 def main(cfg: DictConfig) -> None:
+    quiet_third_party(cfg)
     predict(cfg)
 
 

@@ -18,6 +18,8 @@ from omegaconf import DictConfig
 from em_lightning.cli import launch, user_errors
 from em_lightning.config_checks import check_config
 from em_lightning.errors import UserError
+from em_lightning.evaluation.tables import json_ready
+from em_lightning.quiet import quiet_third_party
 from em_lightning.registry import register_all_modules
 from em_lightning.runner import as_float, build_data_and_model, build_trainer, finish_loggers
 
@@ -62,9 +64,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if trainer.is_global_zero:
             out_dir.mkdir(parents=True, exist_ok=True)
             (out_dir / "metrics.json").write_text(json.dumps(
-                {"metrics": metrics, "checkpoint": ckpt}, indent=2, sort_keys=True))
-            log.info("metrics (checkpoint %s):\n%s", ckpt or "last weights",
-                     "\n".join(f"  {k:40s} {v:.4f}" for k, v in sorted(metrics.items())))
+                {"metrics": json_ready(metrics), "checkpoint": ckpt}, indent=2, sort_keys=True))
+            log.info("metrics of %s -> %s", ckpt or "the last weights", out_dir / "metrics.json")
+            log.debug("metrics (checkpoint %s):\n%s", ckpt or "last weights",
+                      "\n".join(f"  {k:40s} {v:.4f}" for k, v in sorted(metrics.items())))
     finally:
         finish_loggers(trainer)
     return metrics
@@ -79,6 +82,7 @@ def main(cfg: DictConfig) -> float:
     as its config, and a crash or a missing/NaN metric raises: the Optuna sweeper records that
     as a failed trial and goes on (a returned NaN would end the whole sweep in optuna 2.10).
     """
+    quiet_third_party(cfg)
     from em_lightning.sweeps.trial import in_multirun, prepare_trial, trial_value
 
     if not in_multirun():

@@ -18,6 +18,7 @@ from mmdet.datasets.api_wrappers import COCO
 from em_lightning.data.coco_validation import check_image_file, validate_coco
 from em_lightning.data.errors import DataError, SkipReport
 from em_lightning.data.layout import kitti_classes_file
+from em_lightning.quiet import output_to_debug
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,8 @@ class EMCocoDataset(CocoDataset):
         _check_classes(self.metainfo["classes"], [c["name"] for c in cleaned["categories"]],
                        ann_path)
         self.COCOAPI = partial(coco_from_dict, cleaned)
-        data_list = super().load_data_list()
+        with output_to_debug(log, "pycocotools"):  # its "creating index..." lines
+            data_list = super().load_data_list()
         log.info("%s: %d images, %d annotations; %s", ann_path, len(cleaned["images"]),
                  len(cleaned["annotations"]), self.report.summary())
         return data_list

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from em_lightning.quiet import output_to_debug
 from em_lightning.registry import register_all_modules
 
 log = logging.getLogger(__name__)
@@ -208,7 +209,8 @@ class DetectionEvaluator:
         """All metrics over ``size`` samples (padding from distributed samplers is dropped)."""
         out: dict[str, float] = {}
         for kind, metric in self.metrics.items():
-            with exact_rotated_iou():
+            # pycocotools' summarize() and mmengine's tables: to the log file (DEBUG)
+            with exact_rotated_iou(), output_to_debug(log, f"{kind} evaluation"):
                 values = metric.evaluate(size)
             if not values:  # mmdet returns nothing when there is not a single detection
                 log.warning("no %s detections at all: AP is 0", kind)

@@ -12,6 +12,7 @@ import logging
 import math
 import random
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ import pytorch_lightning as pl
 import torch
 
 from em_lightning.evaluation import DetectionEvaluator
+from em_lightning.evaluation.tables import clean_metrics, compact_table
 from em_lightning.models.builder import (
     build_detector,
     load_backbone_weights,
@@ -112,10 +114,29 @@ class DetectorModule(pl.LightningModule):
         self._eval_size = 0
         self.overlay_samples: list[Any] = []
         self.last_metrics: dict[str, float] = {}
+        #: log one compact table per validation (evaluate prints its own table instead)
+        self.log_tables = True
         self.test_views = views_for(test_time_aug)
         self.test_time_aug_iou = test_time_aug_iou
 
     # ---------------------------------------------------------------- training
+    def on_fit_start(self) -> None:
+        """One line saying what this training does: model, size, steps, device, run dir."""
+        trainer = self.trainer
+        if not trainer.is_global_zero:
+            return
+        backbone = getattr(self.detector, "backbone", None)
+        depth = getattr(backbone, "depth", "")
+        arch = f"{type(backbone).__name__}{depth}" if backbone is not None else "?"
+        params = sum(p.numel() for p in self.parameters()) / 1e6
+        steps = trainer.estimated_stepping_batches
+        budget = f"{trainer.max_epochs} epochs = {steps} steps" if trainer.max_steps == -1 \
+            else f"{steps} steps (trainer.max_steps)"
+        log.info("training %s (%s, %.1f M parameters, classes %s) for %s on %s (%s precision); "
+                 "outputs in %s", type(self.detector).__name__, arch, params,
+                 ", ".join(self.classes), budget, self.device, trainer.precision,
+                 trainer.default_root_dir)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
         data = self.detector.data_preprocessor(batch, training=True)
         losses = self.detector(**data, mode="loss")
@@ -190,12 +211,27 @@ class DetectorModule(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         size = self._split_size()
-        metrics = self.evaluator(self.eval_split).compute(size)
+        # -1 (no object in a COCO size range) and NaN (class absent): both NaN, not logged
+        metrics = clean_metrics(self.evaluator(self.eval_split).compute(size))
         self.last_metrics = metrics
         prefix = self.eval_split
         for name, value in metrics.items():
+            if math.isnan(value) and name != self.monitor:  # the monitor is always logged
+                continue
             self.log(f"{prefix}/{name}", value, prog_bar=name == self.monitor,
                      sync_dist=False, rank_zero_only=False)
+        trainer = self._trainer
+        if self.log_tables and trainer is not None and trainer.is_global_zero \
+                and not trainer.sanity_checking:
+            log.info("%s", compact_table(metrics, self.classes, self.metric_kinds, self.monitor,
+                                         self._table_title(trainer)))
+
+    def _table_title(self, trainer: pl.Trainer) -> str:
+        if trainer.training or trainer.state.fn == "fit":
+            return f"{self.eval_split} after epoch {self.current_epoch + 1} " \
+                   f"(step {self.global_step})"
+        ckpt = trainer.ckpt_path
+        return f"{self.eval_split} split" + (f" ({Path(ckpt).name})" if ckpt else "")
 
     def _split_size(self) -> int:
         """Number of samples in the evaluated split (before distributed padding)."""
