@@ -72,6 +72,18 @@ def tile_size(value: Any) -> str | None:
     return "must be a whole number of pixels >= 32, or null / 0 (never tile)"
 
 
+def flag(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "must be true or false"
+
+
+def shard(value: Any) -> str | None:
+    """``i/K`` with 0 <= i < K (predict's share of the images: j % K == i)."""
+    parts = str(value).split("/")
+    if len(parts) == 2 and all(p.isdigit() for p in parts) and int(parts[0]) < int(parts[1]):
+        return None
+    return "must be i/K with 0 <= i < K, e.g. shard=0/4 (or null: all images)"
+
+
 def one_of(*allowed: str) -> Check:
     return lambda value: None if value in allowed else f"must be one of {list(allowed)}"
 
@@ -124,6 +136,8 @@ PREDICT: dict[str, Check] = {
     "tile.merge_iou": unit_interval,
     "batch_size": positive_int,
     "report_overlays": optional(non_negative_int),
+    "report_only": flag,
+    "shard": optional(shard),
 }
 EVALUATE: dict[str, Check] = {"splits": splits, "score_thr": unit_interval}
 ANALYZE: dict[str, Check] = {"pixel_size_nm": optional(positive),

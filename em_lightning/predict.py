@@ -8,6 +8,11 @@ and writes to the run dir (or ``output=``): ``objects.csv``/``.parquet``, per-im
 per-dataset summaries, ``images.csv``, ``coco_results.json`` + ``coco_images.json``,
 ``overlays/*.png``, ``plots/*.png``, ``summary.json`` (with the skipped files) and a
 self-contained ``report.html``.
+
+Each image's results are written as it finishes (``parts/``, ``manifest/``; see
+:mod:`em_lightning.inference.parts`), and the tables are built from them at the end: the same
+command on the same ``output=`` continues an interrupted run, ``report_only=true`` rebuilds the
+tables alone, and ``shard=i/K`` splits the images over K jobs writing into one folder.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from em_lightning.data.layout import check_output_outside
 from em_lightning.inference.engine import ModelRunner, TiledPredictor, normalize_mode
 from em_lightning.inference.exports import EXPORT_DIR, check_export, export_annotations
 from em_lightning.inference.inputs import image_name, list_inputs, read_images
+from em_lightning.inference.manifest import file_fingerprint, prediction_settings
 from em_lightning.inference.outputs import (
     concat_objects,
     thumbnail,
@@ -41,6 +47,7 @@ from em_lightning.inference.outputs import (
     write_report,
     write_tables,
 )
+from em_lightning.inference.parts import Collected, ResultStore
 from em_lightning.inference.results import (
     ImageInfo,
     coco_entries,
@@ -65,7 +72,8 @@ def pick_device(name: str) -> torch.device:
 
 def load_model(cfg: DictConfig) -> torch.nn.Module:
     """The training config's model with the checkpoint's weights (clear error on mismatch)."""
-    module = instantiate(cfg.model)
+    # no pretrained weights to fetch: the checkpoint's replace them
+    module = instantiate(cfg.model, backbone_checkpoint=None, load_from=None)
     load_trained_weights(module, cfg)
     return module
 
@@ -74,14 +82,34 @@ def _overlay_name(name: str) -> str:
     return name.replace("/", "__").rsplit(".", 1)[0] + ".png"
 
 
-def predict(cfg: DictConfig) -> dict[str, Any]:
-    """Run prediction as configured; returns the content of ``summary.json``."""
-    check_config(cfg, "predict")
-    check_export(cfg.get("export"), cfg.data.scope == "mmrotate")
-    register_all_modules()
-    out_dir = Path(cfg.output or cfg.paths.output_dir)
-    files, root = list_inputs(str(cfg.input))
-    check_output_outside(out_dir, root, "output")
+def parse_shard(spec: Any) -> tuple[int, int]:
+    """``"i/K"`` -> (i, K); null -> (0, 1). Image j (inputs sorted) belongs to shard j % K."""
+    if spec is None:
+        return 0, 1
+    index, count = (int(v) for v in str(spec).split("/"))
+    return index, count
+
+
+def _fingerprint(path: Path) -> dict | None:
+    try:
+        return file_fingerprint(path)
+    except OSError:  # unreadable: the reader reports why, the record holds no fingerprint
+        return None
+
+
+def run_images(cfg: DictConfig, store: ResultStore, files: list[Path], names: list[str],
+               fingerprints: dict[str, dict | None], root: Path) -> int:
+    """Predict every file of ``files`` without a current result, writing each image's parts
+    and record as it finishes (nothing is kept per image); returns the number predicted."""
+    todo = [(f, n) for f, n in zip(files, names) if not store.is_done(n, fingerprints[n])]
+    done = len(files) - len(todo)
+    if done:
+        log.info("%s: %d of %d images already done with these settings; %d to do",
+                 store.out_dir, done, len(files), len(todo))
+    bar = tqdm(total=len(files), initial=done, desc="images", unit="img")
+    if not todo:
+        bar.close()
+        return 0
     classes = list(cfg.data.classes)
     pipeline = OmegaConf.to_container(cfg.data.test_pipeline, resolve=True)
     device = pick_device(str(cfg.device))
@@ -90,65 +118,138 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     predictor = TiledPredictor(runner, cfg.tile.size, int(cfg.tile.overlap),
                                int(cfg.batch_size), int(cfg.tile.margin),
                                float(cfg.tile.merge_iou))
-    log.info("predicting %d files from %s on %s -> %s", len(files), cfg.input, device, out_dir)
-    start = time.perf_counter()  # image loop only: reading, model, merging, measuring, overlays
-
+    log.info("predicting %d files from %s on %s -> %s", len(todo), cfg.input, device,
+             store.out_dir)
+    name_of = {str(f): n for f, n in todo}
+    order = {str(f): k for k, f in enumerate(files)}
     skipped: list[dict] = []
-    images: list[ImageInfo] = []
-    parts, coco, overlays = [], [], []
-    bar = tqdm(total=len(files), desc="images", unit="img")
-    stream = read_images(files, cfg.pixel_size_nm, normalize_mode(pipeline), skipped,
-                         lambda: bar.update())
+
+    def failed() -> None:
+        item = skipped[-1]
+        name = name_of[item["file"]]
+        store.write_failed(name, item["file"], item["reason"], fingerprints[name])
+        bar.update()
+
+    stream = read_images([f for f, _ in todo], cfg.pixel_size_nm, normalize_mode(pipeline),
+                         skipped, failed)
+    count, last = 0, time.perf_counter()
     for (image, gray), dets in predictor.run((item, item[1]) for item in stream):
+        name = name_of[str(image.path)]
         height, width = image.shape
-        info = ImageInfo(len(images) + 1, image_name(image.path, root), str(image.path),
-                         height, width, image.pixel_size_nm, image.pixel_size_source)
-        images.append(info)
-        parts.append(measure(dets, info, classes, image.data))
-        coco += coco_entries(dets, info, first_id=len(coco) + 1)
+        # provisional id (position in the input): the final ids are given when tables are built
+        info = ImageInfo(order[str(image.path)] + 1, name, str(image.path), height, width,
+                         image.pixel_size_nm, image.pixel_size_source)
         if cfg.overlays:
-            overlays.append(draw_overlay(gray, dets, classes,
-                                         out_dir / "overlays" / _overlay_name(info.name)))
+            draw_overlay(gray, dets, classes, store.out_dir / "overlays" / _overlay_name(name))
+        now = time.perf_counter()
+        store.write_done(info, measure(dets, info, classes, image.data),
+                         coco_entries(dets, info), fingerprints[name],
+                         seconds=round(now - last, 4), device=str(device),
+                         problems=[runner.cap_problem()] if runner.warned_full else [])
+        last = now
+        count += 1
         bar.update()
     bar.close()
-    seconds = time.perf_counter() - start
+    return count
 
-    summary = {
-        "input": str(cfg.input), "checkpoint": str(cfg.ckpt_path), "task": cfg.task_name,
-        "classes": classes, "score_thr": float(cfg.score_thr), "scale": float(cfg.scale),
-        "tile": OmegaConf.to_container(cfg.tile), "device": str(device),
-        "n_files": len(files), "n_images": len(images), "n_skipped": len(skipped),
-        "skipped": skipped, "n_objects": len(coco),
-        "objects_per_class": {c: sum(1 for e in coco if e["category_id"] == k + 1)
-                              for k, c in enumerate(classes)},
-        "seconds": round(seconds, 2),
-        "seconds_per_image": round(seconds / len(images), 3) if images else None,
-    }
-    if runner.warned_full:
-        summary["problems"] = [runner.cap_problem()]
-    write_outputs(out_dir, cfg, summary, parts, images, coco, overlays)
-    if not images:
-        raise DataError(cfg.input, f"none of the {len(files)} files could be read; see "
-                                   f"{out_dir / 'summary.json'}")
+
+def predict(cfg: DictConfig) -> dict[str, Any]:
+    """Run prediction as configured; returns the content of ``summary.json``.
+
+    Finished images of an earlier run into the same ``output=`` (same files, same settings)
+    are kept; ``report_only=true`` only builds the tables from what is there; with
+    ``shard=i/K`` this run predicts its share and leaves the tables to ``report_only``.
+    """
+    check_config(cfg, "predict")
+    check_export(cfg.get("export"), cfg.data.scope == "mmrotate")
+    register_all_modules()
+    out_dir = Path(cfg.output or cfg.paths.output_dir)
+    files, root = list_inputs(str(cfg.input))
+    check_output_outside(out_dir, root, "output")
+    names = [image_name(f, root) for f in files]
+    store = ResultStore(out_dir)
+    store.claim(prediction_settings(cfg))
+    report_only = bool(cfg.get("report_only", False))
+    index, count = parse_shard(cfg.get("shard"))
+    fingerprints: dict[str, dict | None] = {}
+    if not report_only:
+        mine = [k for k in range(len(files)) if k % count == index]
+        for k in mine:
+            fingerprints[names[k]] = _fingerprint(files[k])
+        n_new = run_images(cfg, store, [files[k] for k in mine], [names[k] for k in mine],
+                           fingerprints, root)
+        if count > 1:
+            done = sum(store.is_done(names[k], fingerprints[names[k]]) for k in mine)
+            log.info("shard %d/%d: %d of its %d images done (%d in this run); when every "
+                     "shard is done, build the tables with the same command and "
+                     "report_only=true", index, count, done, len(mine), n_new)
+            return {"shard": f"{index}/{count}", "n_files": len(mine), "n_done": done,
+                    "n_predicted": n_new}
+    for name, path in zip(names, files):
+        if name not in fingerprints:
+            fingerprints[name] = _fingerprint(path)
+    collected = store.collect(names, files, [fingerprints[n] for n in names])
+    summary = build_summary(cfg, collected, len(files))
+    write_outputs(out_dir, cfg, summary, store, collected)
+    if not collected.images:
+        hint = ("run predict without report_only=true first" if collected.pending else
+                f"see {out_dir / 'summary.json'}")
+        raise DataError(cfg.input, f"none of the {len(files)} files has results; {hint}")
     return summary
 
 
-def write_outputs(out_dir: Path, cfg: DictConfig, summary: dict, parts: list, images: list,
-                  coco: list, overlays: list[Path]) -> None:
-    """Tables, COCO files, figures, summary.json and the report."""
+def build_summary(cfg: DictConfig, collected: Collected, n_files: int) -> dict[str, Any]:
+    """``summary.json`` from the records (timings summed over the runs that made them)."""
+    records = collected.records
+    seconds = sum(float(r.get("seconds", 0.0)) for r in records)
+    problems = list(dict.fromkeys(p for r in records for p in r.get("problems", [])))
+    if collected.pending:
+        problems.append(
+            f"{len(collected.pending)} of {n_files} images have no results yet (not "
+            f"processed, or changed since), e.g. {collected.pending[0]}: re-run the same "
+            "command without report_only=true (every shard) to finish them")
+        log.warning("%s", problems[-1])
+    summary = {
+        "input": str(cfg.input), "checkpoint": str(cfg.ckpt_path), "task": cfg.task_name,
+        "classes": list(cfg.data.classes), "score_thr": float(cfg.score_thr),
+        "scale": float(cfg.scale), "tile": OmegaConf.to_container(cfg.tile),
+        "device": ", ".join(sorted({str(r.get("device")) for r in records})) or "none",
+        "n_files": n_files, "n_images": len(collected.images),
+        "n_skipped": len(collected.skipped), "skipped": collected.skipped,
+        "n_pending": len(collected.pending),
+        "n_objects": sum(int(r["n_objects"]) for r in records),
+        "seconds": round(seconds, 2),
+        "seconds_per_image": round(seconds / len(records), 3) if records else None,
+    }
+    if problems:
+        summary["problems"] = problems
+    return summary
+
+
+def write_outputs(out_dir: Path, cfg: DictConfig, summary: dict, store: ResultStore,
+                  collected: Collected) -> None:
+    """Tables, COCO files, figures, summary.json and the report, from the parts on disk."""
     classes = summary["classes"]
-    objects = concat_objects(parts, cfg.pixel_size_nm)
+    images = collected.images
+    objects = concat_objects(list(store.objects(images)), cfg.pixel_size_nm)
+    counts = objects["class"].value_counts() if len(objects) else {}
+    summary["objects_per_class"] = {c: int(counts.get(c, 0)) for c in classes}
     problems: list[str] = list(summary.get("problems", []))
     exclude_border = bool(cfg.get("exclude_border", True))
     tables = write_tables(out_dir, objects, images, classes, problems,
                           exclude_border=exclude_border, seed=int(cfg.get("seed") or 0))
     summary["problems"] = problems
-    (out_dir / "coco_results.json").write_text(json.dumps(coco))
+    store.write_coco(images, out_dir / "coco_results.json")
     (out_dir / "coco_images.json").write_text(json.dumps(coco_images(images, classes),
                                                          indent=1))
-    exported = export_annotations(out_dir / EXPORT_DIR, cfg.get("export"), images, coco, classes,
-                                  cfg.data.scope == "mmrotate", str(cfg.get("export_split",
-                                  "train")), summary["task"])
+    exported = []
+    if check_export(cfg.get("export"), cfg.data.scope == "mmrotate"):
+        exported = export_annotations(out_dir / EXPORT_DIR, cfg.get("export"), images,
+                                      list(store.coco(images)), classes,
+                                      cfg.data.scope == "mmrotate",
+                                      str(cfg.get("export_split", "train")), summary["task"])
+    overlays = [p for p in (out_dir / "overlays" / _overlay_name(i.name) for i in images)
+                if cfg.overlays and p.is_file()]
     figures = write_figures(out_dir / "plots", objects, exclude_border=exclude_border)
     thumbs = [thumbnail(p, out_dir / "plots" / "overlay_thumbnails" / p.name)
               for p in overlays[: int(cfg.report_overlays or 0)]]
@@ -184,8 +285,8 @@ def write_outputs(out_dir: Path, cfg: DictConfig, summary: dict, parts: list, im
                                    "coco_images.json", "summary.json", "config.yaml")]
     write_report(out_dir, f"{summary['task']}: predicted microstructure", report_tables,
                  figures + thumbs, notes, images, files + exported + figures + overlays)
-    log.info("%d images, %d objects, %d skipped -> %s", len(images), len(coco), len(skipped),
-             out_dir / "report.html")
+    log.info("%d images, %d objects, %d skipped -> %s", len(images), len(objects),
+             len(skipped), out_dir / "report.html")
     for item in skipped:
         log.warning("skipped: %s", item["reason"])
 
