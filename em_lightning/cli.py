@@ -52,6 +52,14 @@ def error_message(err: UserError, entry: str) -> str:
             f"run again with {FULL_ERROR}=1)")
 
 
+def user_error_in(exc: BaseException | None) -> UserError | None:
+    """``exc`` if it is a :class:`UserError`, else the one it wraps (Hydra's ``instantiate``
+    wraps what a target raises: a bad checkpoint setting fails inside the model's build)."""
+    while exc is not None and not isinstance(exc, UserError):
+        exc = exc.__cause__
+    return exc
+
+
 def user_errors(entry: str) -> Callable[[Callable[[DictConfig], Any]], Callable]:
     """Decorate a Hydra task function: a :class:`UserError` becomes one message and exit 1.
 
@@ -63,8 +71,9 @@ def user_errors(entry: str) -> Callable[[Callable[[DictConfig], Any]], Callable]
         def run(cfg: DictConfig) -> Any:
             try:
                 return task(cfg)
-            except UserError as err:
-                if os.environ.get(FULL_ERROR) == "1":
+            except Exception as exc:
+                err = user_error_in(exc)
+                if err is None or os.environ.get(FULL_ERROR) == "1":
                     raise
                 if in_multirun():
                     log.error("%s", err)

@@ -52,7 +52,7 @@ def evaluate(cfg: DictConfig) -> dict[str, dict[str, float]]:
     register_all_modules()
     pl.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
-    datamodule, model = build_data_and_model(cfg)
+    datamodule, model = build_data_and_model(cfg, pretrained=False)
     datamodule.prepare_data()
     load_trained_weights(model, cfg)
     # the task's trainer config: `trainer=ddp` evaluates on several devices/processes, the

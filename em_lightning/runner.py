@@ -21,7 +21,8 @@ def resolved(cfg: DictConfig) -> dict:
             else node for key, node in cfg.items() if key != "hydra"}
 
 
-def build_data_and_model(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule]:
+def build_data_and_model(cfg: DictConfig, pretrained: bool = True,
+                         ) -> tuple[pl.LightningDataModule, pl.LightningModule]:
     """The datamodule and the model of ``cfg``. Both must use one OpenMMLab library (mmdet for
     vesicles, mmrotate for nanorods): a model picked for the other task otherwise fails only in
     the first step, in a bare assertion deep inside mmrotate."""
@@ -31,7 +32,9 @@ def build_data_and_model(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.Li
             f"the model is an {model_scope} detector but task={cfg.get('task_name')} has "
             f"{data_scope} data: choose the model after the task (e.g. task=nanorods "
             f"model=oriented_rcnn)")
-    return instantiate(cfg.data), instantiate(cfg.model)
+    # pretrained=False: trained weights are loaded next, no pretrained ones to fetch first
+    no_pretrained = {} if pretrained else {"backbone_checkpoint": None, "load_from": None}
+    return instantiate(cfg.data), instantiate(cfg.model, **no_pretrained)
 
 
 def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:

@@ -64,7 +64,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if trainer.is_global_zero:
             out_dir.mkdir(parents=True, exist_ok=True)
             (out_dir / "metrics.json").write_text(json.dumps(
-                {"metrics": json_ready(metrics), "checkpoint": ckpt}, indent=2, sort_keys=True))
+                {"metrics": json_ready(metrics), "checkpoint": ckpt,
+                 "pretrained": getattr(model, "pretrained", None)}, indent=2, sort_keys=True))
             log.info("metrics of %s -> %s", ckpt or "the last weights", out_dir / "metrics.json")
             log.debug("metrics (checkpoint %s):\n%s", ckpt or "last weights",
                       "\n".join(f"  {k:40s} {v:.4f}" for k, v in sorted(metrics.items())))

@@ -12,6 +12,8 @@ from omegaconf import DictConfig, open_dict
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# tests never download weights (`backbone_checkpoint: auto` trains from scratch, one warning)
+os.environ.setdefault("EM_LIGHTNING_OFFLINE", "1")
 
 
 def compose_cfg(overrides: list[str], tmp_path: Path | None = None, config: str = "train",

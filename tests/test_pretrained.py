@@ -1,7 +1,10 @@
 """Pretrained weights from local files: ImageNet backbones (torchvision or mmcls naming) and
-full detector checkpoints; never a download."""
+full detector checkpoints (names, URLs and downloads: test_weights.py)."""
 
 from __future__ import annotations
+
+import hashlib
+import json
 
 import pytest
 import torch
@@ -96,3 +99,22 @@ def test_missing_or_wrong_checkpoint_is_a_clear_error(tmp_path):
         (tmp_path / name).write_bytes(content)
         with pytest.raises(Exception, match=f"{name}: not a readable checkpoint"):
             tiny_model(f"model.load_from={tmp_path / name}")
+
+
+def test_run_record_and_metrics_state_what_was_loaded(tiny_vesicles, tmp_path):
+    from em_lightning.train import train
+
+    path = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    cfg = compose_cfg(["task=vesicles", "experiment=tiny", "debug=fdr", "logger=csv",
+                       f"data.root={tiny_vesicles}", f"model.backbone_checkpoint={path}"],
+                      tmp_path)
+    train(cfg)
+    run = tmp_path / "run"
+    expected = {"spec": str(path), "loaded": "file", "preset": None, "url": None,
+                "path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                "hash_check": "local file"}
+    for saved in (json.loads((run / "metrics.json").read_text()),
+                  json.loads((run / "run_record.json").read_text())):
+        assert saved["pretrained"] == {"backbone_checkpoint": expected,
+                                       "load_from": {"spec": "null", "loaded": "from scratch"}}

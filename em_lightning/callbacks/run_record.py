@@ -37,6 +37,8 @@ class RunRecord(pl.Callback):
             "packages": provenance.package_versions(),
             "git": provenance.git_commit(Path(__file__).parent),
             "data_root": getattr(trainer.datamodule, "root", None),
+            # pretrained weights loaded (preset, URL, sha256) or "from scratch"
+            "pretrained": getattr(pl_module, "pretrained", None),
             "dataset_fingerprints": {
                 split: provenance.fingerprint_files(provenance.dataset_files(ds))
                 for split, ds in datasets.items()},

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from em_lightning.errors import CheckpointError, InputNotFoundError
+from em_lightning.models.weights import resolve
 from em_lightning.registry import scope as openmmlab_scope
 
 log = logging.getLogger(__name__)
@@ -152,9 +153,12 @@ def _remap_classes(own: torch.Tensor, old: torch.Tensor, old_classes: list[str],
 
 
 def load_backbone_weights(model: nn.Module, path: str | Path) -> list[str]:
-    """Load ImageNet backbone weights (torchvision ``conv1.weight``/``fc`` or mmcls
-    ``backbone.conv1.weight`` naming) into ``model.backbone``; returns missing keys."""
+    """Load ResNet backbone weights (torchvision ``conv1.weight``/``fc`` naming, also with
+    DataParallel's ``module.``, mmcls or detector ``backbone.conv1.weight`` naming) into
+    ``model.backbone``; returns missing keys."""
     state = load_checkpoint_file(path)
+    if state and all(k.startswith("module.") for k in state):  # saved from nn.DataParallel
+        state = _strip_prefix(state, "module.")
     if any(k.startswith("backbone.") for k in state):
         state = _strip_prefix(state, "backbone.")
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
@@ -213,3 +217,21 @@ def load_detector_weights(model: nn.Module, path: str | Path,
     log.info("Loaded detector weights from %s; skipped (shape differs): %s; missing: %d",
              path, skipped or "none", len(result.missing_keys))
     return list(result.missing_keys)
+
+
+def load_pretrained(model: nn.Module, detector_cfg: dict, scope: str,
+                    backbone_checkpoint: str | None, load_from: str | None,
+                    classes: list[str] | None = None) -> dict[str, dict]:
+    """Resolve both settings (path, URL, scheme or preset, see :mod:`.weights`) to local files
+    and load them; returns what was loaded, for the run record and metrics.json."""
+    loaded = {}
+    for setting, spec in (("backbone_checkpoint", backbone_checkpoint),
+                          ("load_from", load_from)):
+        weights = resolve(spec, f"model.{setting}", detector_cfg, scope)
+        if weights.path is not None:
+            if setting == "backbone_checkpoint":
+                load_backbone_weights(model, weights.path)
+            else:
+                load_detector_weights(model, weights.path, classes)
+        loaded[setting] = weights.record()
+    return loaded

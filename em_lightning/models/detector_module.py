@@ -21,11 +21,7 @@ import torch
 
 from em_lightning.evaluation import DetectionEvaluator
 from em_lightning.evaluation.tables import clean_metrics, compact_table
-from em_lightning.models.builder import (
-    build_detector,
-    load_backbone_weights,
-    load_detector_weights,
-)
+from em_lightning.models.builder import build_detector, load_pretrained
 from em_lightning.models.schedules import build_scheduler
 from em_lightning.models.test_time_aug import predict_with_views, views_for
 
@@ -67,8 +63,11 @@ class DetectorModule(pl.LightningModule):
         scheduler: warm-up + ``step`` or ``cosine`` decay, see :func:`build_scheduler`.
         metrics: metric kinds for the evaluator: ``[bbox, segm]`` or ``[rbox, dota]``.
         monitor: the headline validation metric, e.g. ``segm_mAP``.
-        load_from: full mmdet/mmrotate/em_lightning checkpoint to start from (local path).
-        backbone_checkpoint: ImageNet ResNet weights (torchvision or mmcls naming, local path).
+        load_from: full mmdet/mmrotate/em_lightning checkpoint to start from: a path, URL,
+            ``open-mmlab://`` name or preset (``coco``, ``dota``; :mod:`.weights`).
+        backbone_checkpoint: ResNet weights (torchvision or mmcls naming): ``auto`` (ImageNet
+            if cached or downloadable, else from scratch), a preset (``imagenet``,
+            ``micronet``, ``imagenet-micronet``), a path, URL or ``torchvision://`` name.
         max_nonfinite_steps: consecutive NaN/inf losses tolerated (skipped) before stopping.
         num_overlay_samples: validation samples kept for picture callbacks.
         scope: OpenMMLab library resolving unprefixed ``type`` names (mmdet or mmrotate).
@@ -97,10 +96,9 @@ class DetectorModule(pl.LightningModule):
         super().__init__()
         self.classes = list(classes)
         self.detector = build_detector(dict(detector), len(self.classes), scope)
-        if backbone_checkpoint:
-            load_backbone_weights(self.detector, backbone_checkpoint)
-        if load_from:
-            load_detector_weights(self.detector, load_from, self.classes)
+        #: what was loaded (preset, URL, sha256 or "from scratch"), for run record and metrics
+        self.pretrained = load_pretrained(self.detector, dict(detector), scope,
+                                          backbone_checkpoint, load_from, self.classes)
         self.optimizer_factory = optimizer
         self.scheduler_cfg = dict(scheduler or {})
         self.metric_kinds = list(metrics)
