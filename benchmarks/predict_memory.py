@@ -15,6 +15,13 @@ the model is built) is its own:
 
     .venv/bin/python benchmarks/predict_memory.py                 # 4096 px, default models
     .venv/bin/python benchmarks/predict_memory.py --quick         # 1024 px, tiny models
+    .venv/bin/python benchmarks/predict_memory.py --many 100 2000 # many small images
+
+``--many N ...``: ``em_lightning.predict`` itself (results streamed to ``parts/`` per image,
+tables built from them at the end) on N synthetic 64-128 px vesicle-like images with an
+untrained tiny Mask R-CNN (memory growth, not accuracy, is measured), each N in its own
+process: peak RSS of the image loop (model build included) and, separately, of building the
+tables, plots and report from the parts.
 
 Weights: the accuracy run's ``last.ckpt`` when it exists (``--ckpt-<task>`` to choose),
 otherwise random ones - then scores are near chance, which the detection count shows.
@@ -33,6 +40,7 @@ from common import (
     DEFAULT_DATA_DIR,
     TASKS,
     compose_cfg,
+    compose_config,
     hardware,
     model_overrides,
     print_result,
@@ -132,6 +140,88 @@ def run_side(side: str, task: str, args: argparse.Namespace) -> dict:
     return row
 
 
+def small_images(n: int, folder: Path, seed: int = 0) -> Path:
+    """``n`` PNGs of 64-128 px (random side) with dark discs on a noisy background."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in range(n):
+        h, w = (int(v) for v in rng.integers(64, 129, 2))
+        img = rng.normal(170, 12, (h, w))
+        for _ in range(int(rng.integers(3, 12))):
+            centre = (int(rng.integers(0, w)), int(rng.integers(0, h)))
+            cv2.circle(img, centre, int(rng.integers(3, 12)), float(rng.uniform(60, 110)), -1)
+        cv2.imwrite(str(folder / f"img_{k:05d}.png"), np.clip(img, 0, 255).astype(np.uint8))
+    return folder
+
+
+def run_many(n: int, folder: Path, args: argparse.Namespace) -> dict:
+    """In this process: predict the ``n`` images of ``folder`` into a new folder, reading the
+    RSS peak when the image loop ends and again after the tables are built."""
+    quiet()
+    import torch
+    from hydra.utils import instantiate
+
+    import em_lightning.predict as predict_module
+    from em_lightning.quiet import quiet_third_party
+    from em_lightning.registry import register_all_modules
+
+    register_all_modules()
+    quiet_third_party()
+    work = Path(scratch("many_"))
+    base = ["task=vesicles", "experiment=tiny", f"paths.root_dir={work}"]
+    torch.manual_seed(0)
+    ckpt = work / "untrained.ckpt"
+    torch.save({"state_dict": instantiate(compose_config("predict", base + [
+        "ckpt_path=x", "input=x"]).model).state_dict()}, ckpt)
+    out = work / "out"
+    cfg = compose_config("predict", base + [
+        f"ckpt_path={ckpt}", f"input={folder}", f"output={out}", "device=cpu",
+        f"score_thr={args.score_thr}"], out)
+    marks: dict[str, float] = {}
+    write_outputs = predict_module.write_outputs
+
+    def probed(*a, **kw):  # measurement probe: the loop is over when the tables start
+        marks["loop_peak"] = status_mib("VmHWM")
+        marks["t_loop"] = time.perf_counter()
+        reset_rss_peak()
+        marks["merge_start"] = status_mib("VmRSS")
+        return write_outputs(*a, **kw)
+
+    predict_module.write_outputs = probed
+    rss0 = status_mib("VmRSS")
+    reset_rss_peak()
+    t0 = time.perf_counter()
+    summary = predict_module.predict(cfg)
+    t1 = time.perf_counter()
+    parts = sum(p.stat().st_size for p in (out / "parts").iterdir()) / 1024**2
+    return {"images": n, "objects": summary["n_objects"], "rss_before_mib": rss0,
+            "loop_seconds": marks["t_loop"] - t0, "loop_peak_mib": marks["loop_peak"],
+            "tables_seconds": t1 - marks["t_loop"], "tables_start_mib": marks["merge_start"],
+            "tables_peak_mib": status_mib("VmHWM"), "parts_mib": parts}
+
+
+def main_many(args: argparse.Namespace, argv: list[str]) -> list[list]:
+    print(f"# predict memory, many small images: {hardware()}")
+    print(f"# synthetic 64-128 px images, untrained tiny Mask R-CNN, score >= {args.score_thr}, "
+          "CPU, em_lightning.predict with its defaults (overlays on)", flush=True)
+    rows = []
+    for n in args.many:
+        folder = small_images(n, Path(scratch("images_")) / "images")
+        t0 = time.perf_counter()
+        r = run_child([__file__, *argv, "--child-many", str(n), "--image", str(folder)])
+        rows.append([n, r["objects"], round(r["loop_seconds"]), round(r["rss_before_mib"]),
+                     round(r["loop_peak_mib"]), round(r["loop_peak_mib"] - r["rss_before_mib"]),
+                     round(r["tables_seconds"]), round(r["tables_peak_mib"]),
+                     round(r["parts_mib"], 1)])
+        print(f"  {n} images: {time.perf_counter() - t0:.0f} s", flush=True)
+    print()
+    print_table(["images", "objects", "loop s", "RSS before (MiB)", "loop peak RSS (MiB)",
+                 "loop rise (MiB)", "tables s", "tables peak RSS (MiB)", "parts (MiB)"], rows)
+    return rows
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -150,9 +240,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     p.add_argument("--quick", action="store_true",
                    help="1024 px mosaic of 128 px images, 256 px tiles, tiny models, random")
+    p.add_argument("--many", nargs="+", type=int, metavar="N",
+                   help="instead: predict N small images (each N in its own process)")
     p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)  # internal: TASK SIDE
+    p.add_argument("--child-many", type=int, help=argparse.SUPPRESS)  # internal: N
     p.add_argument("--image", help=argparse.SUPPRESS)  # internal: the mosaic file
     args = p.parse_args(argv)
+    if args.many and "--score-thr" not in (argv or sys.argv):
+        args.score_thr = 0.255  # untrained tiny model: scores ~0.25, some 30 objects/image
     if args.quick:
         args.size, args.image_size, args.tile, args.overlap = 1024, 128, 256, 32
         args.depth, args.heads, args.score_thr = 18, "tiny", 0.05
@@ -165,7 +260,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     if args.child:
         print_result(run_side(args.child[1], args.child[0], args))
         return []
+    if args.child_many:
+        print_result(run_many(args.child_many, Path(args.image), args))
+        return []
     quiet()
+    if args.many:
+        return main_many(args, argv)
     print(f"# predict memory: {hardware()}")
     print(f"# {args.size} px mosaic, {args.tile} px tiles / {args.overlap} px overlap, batch "
           f"{args.batch_size}, ResNet-{args.depth} ({args.heads} heads), score >= "
