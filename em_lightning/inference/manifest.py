@@ -37,7 +37,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from em_lightning.errors import ConfigError
+from em_lightning.errors import ConfigError, InputNotFoundError
 
 __all__ = ["MANIFEST_DIR", "Manifest", "atomic_write", "file_fingerprint", "image_key",
            "prediction_settings"]
@@ -76,8 +76,11 @@ def prediction_settings(cfg: DictConfig) -> dict[str, Any]:
         return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) \
             else value
 
+    ckpt = Path(str(cfg.ckpt_path)).expanduser()
+    if not ckpt.is_file():
+        raise InputNotFoundError(f"{ckpt}: checkpoint file not found (ckpt_path)")
     return {
-        "checkpoint": _content_fingerprint(str(cfg.ckpt_path)),
+        "checkpoint": _content_fingerprint(ckpt),
         "task": str(cfg.task_name),
         "score_thr": float(cfg.score_thr),
         "scale": float(cfg.scale),
