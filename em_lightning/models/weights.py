@@ -27,7 +27,7 @@ import socket
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +129,6 @@ class Weights:
     sha256: str | None = None  # of the file used
     hash_check: str = ""
     reason: str = ""  # why from scratch
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def record(self) -> dict[str, Any]:
         """Plain data for the run record and metrics.json."""
