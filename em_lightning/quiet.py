@@ -3,13 +3,14 @@
 Why: a tiny training used to print ~300 lines before its result: Lightning's tips, TPU line and
 warnings about its own internals, torch's deprecation notices, W&B's banner, and the full
 pycocotools printout of every metric kind at every validation. A newcomer cannot find the data
-counts, the device or the metric in that. Everything filtered here still reaches the run's log
-file (``<run dir>/<entry>.log``) at DEBUG, so nothing is lost:
+counts, the device or the metric in that. What the console leaves out still reaches the run's
+log file (``<run dir>/<entry>.log``) at DEBUG (W&B's banner: its own ``wandb/*/logs/``):
 
 * :func:`quiet_third_party` (called first by each entry point): deprecation warnings and
   Lightning's known false-positive warnings go to the log file only; Lightning's own logger
-  goes through the run's logging config (console and file, one format) minus its tips; W&B is
-  silent unless ``WANDB_SILENT=false``. Python's own switches still win: with ``-W ...`` or
+  goes through the run's logging config (console and file, one format), with its tips, model
+  summary, seed and checkpoint-restore lines demoted to DEBUG (file only); W&B is silent
+  unless ``WANDB_SILENT=false``. Python's own switches still win: with ``-W ...`` or
   ``PYTHONWARNINGS`` set, warnings are left alone.
 * :func:`output_to_debug` wraps third-party code that prints (pycocotools' ``summarize()``,
   mmengine's metric tables) and logs what it printed as one DEBUG record.
@@ -40,9 +41,17 @@ QUIET_MESSAGES = re.compile(
     r"|The number of training batches .* is smaller than"
     r"|Checkpoint directory .* exists and is not empty"
 )
-#: Lightning info lines that are advertising or irrelevant here
-QUIET_LIGHTNING = re.compile(r"💡 Tip|litlogger|litmodels|TPU available|HPU available"
-                             r"|to estimate number of stepping batches")
+#: Lightning info lines the console leaves out (the log file keeps them, at DEBUG): advertising,
+#: hardware this tool never uses, and what the em_lightning lines already say (the model line,
+#: the checkpoint named in each table's title, the seed in the saved config)
+DEMOTED_LIGHTNING = {
+    "utilities.rank_zero": re.compile(
+        r"💡 Tip|litlogger|litmodels|TPU available|HPU available"
+        r"|to estimate number of stepping batches|Restoring states from the checkpoint"
+        r"|Loaded model weights from the checkpoint|already configured with model summary"),
+    "callbacks.model_summary": re.compile(""),
+    "utilities.seed": re.compile(""),
+}
 LIGHTNING_LOGGERS = ("pytorch_lightning", "lightning_fabric", "lightning.pytorch",
                      "lightning.fabric")
 
@@ -73,12 +82,17 @@ def _install_showwarning() -> None:
     warnings.showwarning = showwarning
 
 
-class _DropLightningChatter(logging.Filter):
+class _DemoteToDebug(logging.Filter):
+    """Make matching records DEBUG: the console (INFO) skips them, the log file keeps them."""
+
+    def __init__(self, pattern: re.Pattern) -> None:
+        super().__init__()
+        self.pattern = pattern
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return QUIET_LIGHTNING.search(record.getMessage()) is None
-
-
-_DROP_CHATTER = _DropLightningChatter()
+        if record.levelno == logging.INFO and self.pattern.search(record.getMessage()):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
 
 
 def _uses_wandb(cfg: Any) -> bool:
@@ -104,9 +118,10 @@ def quiet_third_party(cfg: Any = None) -> None:
             if type(handler) is logging.StreamHandler:
                 logger.removeHandler(handler)
         logger.propagate = True
-        for sub in (f"{name}.utilities.rank_zero", name):
-            if _DROP_CHATTER not in logging.getLogger(sub).filters:
-                logging.getLogger(sub).addFilter(_DROP_CHATTER)
+        for sub, pattern in DEMOTED_LIGHTNING.items():
+            sub_logger = logging.getLogger(f"{name}.{sub}")
+            if not any(isinstance(f, _DemoteToDebug) for f in sub_logger.filters):
+                sub_logger.addFilter(_DemoteToDebug(pattern))
     os.environ.setdefault("WANDB_SILENT", "true")
     if _uses_wandb(cfg):
         import wandb

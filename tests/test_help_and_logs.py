@@ -245,7 +245,8 @@ def test_tiny_training_console_tells_the_story(tiny_run):
     assert len(re.findall(r"^\s+small_vesicle\s+[\d.-]+\s+[\d.-]+$", console, re.M)) == 2
     for noise in ("Average Precision  (AP) @[", "creating index", "DeprecationWarning",
                   "FutureWarning", "is deprecated", "💡 Tip", "litlogger", "TPU available",
-                  "wandb: ", "mmengine - INFO", "PossibleUserWarning"):
+                  "wandb: ", "mmengine - INFO", "PossibleUserWarning", "Total params",
+                  "Restoring states"):
         assert noise not in console, noise
 
 
@@ -256,6 +257,11 @@ def test_tiny_training_log_file_keeps_the_detail(tiny_run):
     assert log_text.count("Average Precision  (AP) @[") == 2 * 2 * 6
     assert "[DEBUG] - segm evaluation:" in log_text
     assert "GPU available: False" in log_text  # Lightning's lines reach the file too
+    # what the console leaves out of Lightning's lines is in the file, at DEBUG
+    assert re.search(r"\[pytorch_lightning\.callbacks\.model_summary\]\[DEBUG\].*\n.*Name",
+                     log_text)
+    assert re.search(r"\[DEBUG\] - .*Tip: ", log_text)
+    assert re.search(r"\[DEBUG\] - Restoring states from the checkpoint path", log_text)
 
 
 def test_tiny_training_metrics_json_has_null_not_minus_one(tiny_run):
