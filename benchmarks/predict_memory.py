@@ -20,8 +20,9 @@ the model is built) is its own:
 ``--many N ...``: ``em_lightning.predict`` itself (results streamed to ``parts/`` per image,
 tables built from them at the end) on N synthetic 64-128 px vesicle-like images with an
 untrained tiny Mask R-CNN (memory growth, not accuracy, is measured), each N in its own
-process: peak RSS of the image loop (model build included) and, separately, of building the
-tables, plots and report from the parts.
+process: peak RSS of the image loop (model build included), the RSS after 10 % and after all
+of the images (flat when nothing accumulates per image) and, separately, the peak of building
+the tables, plots and report from the parts.
 
 Weights: the accuracy run's ``last.ckpt`` when it exists (``--ckpt-<task>`` to choose),
 otherwise random ones - then scores are near chance, which the detection count shows.
@@ -190,6 +191,14 @@ def run_many(n: int, folder: Path, args: argparse.Namespace) -> dict:
         return write_outputs(*a, **kw)
 
     predict_module.write_outputs = probed
+    trace: list[float] = []  # RSS after each finished image: flat when nothing accumulates
+    write_done = predict_module.ResultStore.write_done
+
+    def traced(self, *a, **kw):
+        write_done(self, *a, **kw)
+        trace.append(status_mib("VmRSS"))
+
+    predict_module.ResultStore.write_done = traced
     rss0 = status_mib("VmRSS")
     reset_rss_peak()
     t0 = time.perf_counter()
@@ -199,7 +208,8 @@ def run_many(n: int, folder: Path, args: argparse.Namespace) -> dict:
     return {"images": n, "objects": summary["n_objects"], "rss_before_mib": rss0,
             "loop_seconds": marks["t_loop"] - t0, "loop_peak_mib": marks["loop_peak"],
             "tables_seconds": t1 - marks["t_loop"], "tables_start_mib": marks["merge_start"],
-            "tables_peak_mib": status_mib("VmHWM"), "parts_mib": parts}
+            "tables_peak_mib": status_mib("VmHWM"), "parts_mib": parts,
+            "rss_at_10pct_mib": trace[len(trace) // 10], "rss_at_end_mib": trace[-1]}
 
 
 def main_many(args: argparse.Namespace, argv: list[str]) -> list[list]:
@@ -213,12 +223,14 @@ def main_many(args: argparse.Namespace, argv: list[str]) -> list[list]:
         r = run_child([__file__, *argv, "--child-many", str(n), "--image", str(folder)])
         rows.append([n, r["objects"], round(r["loop_seconds"]), round(r["rss_before_mib"]),
                      round(r["loop_peak_mib"]), round(r["loop_peak_mib"] - r["rss_before_mib"]),
+                     round(r["rss_at_10pct_mib"]), round(r["rss_at_end_mib"]),
                      round(r["tables_seconds"]), round(r["tables_peak_mib"]),
                      round(r["parts_mib"], 1)])
         print(f"  {n} images: {time.perf_counter() - t0:.0f} s", flush=True)
     print()
     print_table(["images", "objects", "loop s", "RSS before (MiB)", "loop peak RSS (MiB)",
-                 "loop rise (MiB)", "tables s", "tables peak RSS (MiB)", "parts (MiB)"], rows)
+                 "loop rise (MiB)", "RSS at 10 % of images", "RSS at last image", "tables s",
+                 "tables peak RSS (MiB)", "parts (MiB)"], rows)
     return rows
 
 

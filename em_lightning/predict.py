@@ -98,7 +98,7 @@ def _fingerprint(path: Path) -> dict | None:
 
 
 def run_images(cfg: DictConfig, store: ResultStore, files: list[Path], names: list[str],
-               fingerprints: dict[str, dict | None], root: Path) -> int:
+               fingerprints: dict[str, dict | None]) -> int:
     """Predict every file of ``files`` without a current result, writing each image's parts
     and record as it finishes (nothing is kept per image); returns the number predicted."""
     todo = [(f, n) for f, n in zip(files, names) if not store.is_done(n, fingerprints[n])]
@@ -141,9 +141,9 @@ def run_images(cfg: DictConfig, store: ResultStore, files: list[Path], names: li
                          image.pixel_size_nm, image.pixel_size_source)
         if cfg.overlays:
             draw_overlay(gray, dets, classes, store.out_dir / "overlays" / _overlay_name(name))
-        now = time.perf_counter()
-        store.write_done(info, measure(dets, info, classes, image.data),
-                         coco_entries(dets, info), fingerprints[name],
+        objects, coco = measure(dets, info, classes, image.data), coco_entries(dets, info)
+        now = time.perf_counter()  # since the previous image: reading, model, measuring
+        store.write_done(info, objects, coco, fingerprints[name],
                          seconds=round(now - last, 4), device=str(device),
                          problems=[runner.cap_problem()] if runner.warned_full else [])
         last = now
@@ -177,7 +177,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         for k in mine:
             fingerprints[names[k]] = _fingerprint(files[k])
         n_new = run_images(cfg, store, [files[k] for k in mine], [names[k] for k in mine],
-                           fingerprints, root)
+                           fingerprints)
         if count > 1:
             done = sum(store.is_done(names[k], fingerprints[names[k]]) for k in mine)
             log.info("shard %d/%d: %d of its %d images done (%d in this run); when every "
