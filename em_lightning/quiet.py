@@ -40,6 +40,7 @@ QUIET_MESSAGES = re.compile(
     r"|is smaller than the logging interval"  # tiny runs log what they have
     r"|The number of training batches .* is smaller than"
     r"|Checkpoint directory .* exists and is not empty"
+    r"|The `clip` function does nothing in `RotatedBoxes`"  # mmrotate's crop of rotated boxes
 )
 #: Lightning info lines the console leaves out (the log file keeps them, at DEBUG): advertising,
 #: hardware this tool never uses, and what the em_lightning lines already say (the model line,

@@ -236,7 +236,7 @@ def test_tiny_training_console_tells_the_story(tiny_run):
     first_screen = console.split("Epoch 0:")[0]
     assert re.search(r"train\.json: 4 images, \d+ annotations", first_screen)
     assert re.search(r"val\.json: 2 images, \d+ annotations", first_screen)
-    assert re.search(rf"training MaskRCNN \(ResNet18, [\d.]+ M parameters.*\) for 1 epochs = "
+    assert re.search(rf"training MaskRCNN \(ResNet18, [\d.]+ M parameters.*\) for 1 epoch = "
                      rf"2 steps on cpu .*outputs in {re.escape(str(run_dir))}", first_screen)
     assert "GPU available: False" in first_screen
     # one compact table per validation: the one of the fit, then the best checkpoint's

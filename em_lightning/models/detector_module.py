@@ -128,7 +128,8 @@ class DetectorModule(pl.LightningModule):
         arch = f"{type(backbone).__name__}{depth}" if backbone is not None else "?"
         params = sum(p.numel() for p in self.parameters()) / 1e6
         steps = trainer.estimated_stepping_batches
-        budget = f"{trainer.max_epochs} epochs = {steps} steps" if trainer.max_steps == -1 \
+        epochs = f"{trainer.max_epochs} epoch" + ("s" if trainer.max_epochs != 1 else "")
+        budget = f"{epochs} = {steps} steps" if trainer.max_steps == -1 \
             else f"{steps} steps (trainer.max_steps)"
         log.info("training %s (%s, %.1f M parameters, classes %s) for %s on %s (%s precision); "
                  "outputs in %s", type(self.detector).__name__, arch, params,
