@@ -35,7 +35,7 @@ HELP_KEYS = {
               "trainer=gpu", "ckpt_path", "debug=fdr"],
     "evaluate": ["ckpt_path", "splits", "score_thr", "data.root", "trainer=ddp"],
     "predict": ["ckpt_path", "input", "output", "pixel_size_nm", "score_thr", "tile.size",
-                "tile.overlap", "scale", "device"],
+                "tile.overlap", "scale", "device", "export"],
     "analyze": ["data.root", "split", "predictions", "score_thr", "pixel_size_nm", "output"],
 }
 #: keys that exist only with a task's data config (nanorods)
