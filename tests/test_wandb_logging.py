@@ -13,6 +13,7 @@ import csv
 import json
 import math
 import struct
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,8 +80,16 @@ class OfflineRun:
     summary: dict = field(default_factory=dict)
 
 
-def read_run(path: str | Path) -> OfflineRun:
-    """The run's id, config (as logged: nested dicts), history rows and last summary values."""
+def read_run(path: str | Path, timeout: float = 60.0) -> OfflineRun:
+    """The run's id, config (as logged: nested dicts), history rows and last summary values.
+
+    ``wandb.finish()`` returns before wandb's service process has written the whole file: wait
+    (up to ``timeout`` s) for the run's exit record.
+    """
+    deadline = time.monotonic() + timeout
+    while not any(r.WhichOneof("record_type") == "exit" for r in records(path)):
+        assert time.monotonic() < deadline, f"{path}: no exit record after {timeout} s"
+        time.sleep(0.5)
     run = OfflineRun()
     for record in records(path):
         kind = record.WhichOneof("record_type")
