@@ -64,8 +64,9 @@ def test_killed_training_resumes_in_its_run_dir(tiny_vesicles: Path, tmp_path: P
     before = file_hashes(run)
     rows_before = csv_rows(run / "csv" / "metrics.csv")
     log_before = (run / "train.log").read_bytes()
-    # rows of step 2 were logged after the checkpoint: the resumed run logs them again
-    assert {int(r["step"]) for r in rows_before} == {0, 1, 2}
+    # rows of step 2 (and the learning rate of step 3, if its callback ran before the kill) were
+    # logged after the checkpoint: the resumed run logs them again
+    assert {0, 1, 2} <= {int(r["step"]) for r in rows_before} <= {0, 1, 2, 3}
     (first_wandb,) = (run / "wandb").glob("offline-run-*")
     run_id = wandb_run_id(run)
     assert run_id and first_wandb.name.endswith(run_id)
