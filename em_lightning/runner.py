@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from em_lightning.errors import ConfigError
 from em_lightning.resume import continues_in_place, wandb_run_id
 
 log = logging.getLogger(__name__)
@@ -28,8 +29,8 @@ def build_data_and_model(cfg: DictConfig, pretrained: bool = True,
     the first step, in a bare assertion deep inside mmrotate."""
     model_scope, data_scope = cfg.model.get("scope", "mmdet"), cfg.data.get("scope", "mmdet")
     if model_scope != data_scope:
-        raise ValueError(
-            f"the model is an {model_scope} detector but task={cfg.get('task_name')} has "
+        raise ConfigError(
+            "model", f"the model is an {model_scope} detector but task={cfg.get('task_name')} has "
             f"{data_scope} data: choose the model after the task (e.g. task=nanorods "
             f"model=oriented_rcnn)")
     # pretrained=False: trained weights are loaded next, no pretrained ones to fetch first
@@ -88,8 +89,12 @@ def wandb_kwargs(cfg: DictConfig, node: DictConfig) -> dict[str, Any]:
 
 
 def build_trainer(cfg: DictConfig) -> pl.Trainer:
-    return instantiate(cfg.trainer, callbacks=build_callbacks(cfg), logger=build_loggers(cfg)
-                       or False)
+    """The Trainer with the run's callbacks and loggers. Without any logger (``logger=none``)
+    the learning-rate monitor is left out: it has nothing to log to and Lightning refuses it."""
+    loggers = build_loggers(cfg)
+    callbacks = [c for c in build_callbacks(cfg)
+                 if loggers or not isinstance(c, pl.callbacks.LearningRateMonitor)]
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
 
 def finish_loggers(trainer: pl.Trainer) -> None:

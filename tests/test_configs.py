@@ -51,3 +51,14 @@ def test_nanorod_formats_switch_paths():
 def test_class_group_is_a_one_line_override():
     cfg = compose_cfg(["task=vesicles", "data.classes=[big_vesicle]"])
     assert list(cfg.model.classes) == ["big_vesicle"]
+
+
+def test_a_run_without_loggers_trains(tiny_vesicles, tmp_path):
+    """logger=none: the learning-rate monitor (which Lightning refuses without a logger) is
+    left out and a fast dev run finishes."""
+    from em_lightning.train import train
+
+    cfg = compose_cfg(["task=vesicles", "experiment=tiny", "logger=none", "debug=fdr",
+                       f"data.root={tiny_vesicles}", "eval_train=false"], tmp_path)
+    metrics = train(cfg)
+    assert "val/segm_mAP" in metrics
