@@ -29,24 +29,6 @@ log = logging.getLogger(__name__)
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
-def format_table(metrics: dict[str, float], classes: list[str], kinds: list[str]) -> str:
-    """Per-class AP table (rows: classes, columns: metric kinds) plus the overall numbers."""
-    head = f"{'class':20s}" + "".join(f"{k + ' AP':>12s}" for k in kinds)
-    rows = [head, "-" * len(head)]
-    for cls in classes:
-        cells = []
-        for kind in kinds:
-            key = f"{cls}_dota_AP50" if kind == "dota" else f"{cls}_{kind}_AP"
-            cells.append(f"{metrics.get(key, float('nan')):12.3f}")
-        rows.append(f"{cls:20s}" + "".join(cells))
-    overall = []
-    for kind in kinds:
-        keys = ["dota_AP50"] if kind == "dota" else [f"{kind}_mAP", f"{kind}_mAP_50",
-                                                        f"{kind}_mAP_75"]
-        overall += [f"{k}={metrics[k]:.3f}" for k in keys if k in metrics]
-    return "\n".join(rows + ["", "  ".join(overall)])
-
-
 def evaluate(cfg: DictConfig) -> dict[str, dict[str, float]]:
     check_config(cfg, "evaluate")
     register_all_modules()
