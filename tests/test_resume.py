@@ -38,8 +38,11 @@ def train_cli(root: Path, data: Path, *extra: str) -> subprocess.CompletedProces
     cmd = [sys.executable, "-m", "em_lightning.train", "task=vesicles", "experiment=tiny",
            f"paths.root_dir={root}", f"data.root={data}", "trainer.max_epochs=3",
            "eval_train=false", "callbacks.overlays=null", "callbacks.progress=null", *extra]
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true",
-           "HYDRA_FULL_ERROR": "1"}
+    # each training gets its own W&B service, as from a shell: an in-process training earlier
+    # in this pytest session leaves WANDB_SERVICE set, and a child sharing that service finds
+    # the killed run's id still "in use"
+    env = {**{k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"},
+           "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "1"}
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
