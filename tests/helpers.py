@@ -37,3 +37,25 @@ def perfect_and_empty_metrics(dataset, kinds: list[str], classes: list[str]) -> 
         evaluator.process(samples_with_gt_as_predictions(dataset, drop_all=drop))
         out[not drop] = evaluator.compute(len(dataset))
     return out
+
+
+def run_entry(entry: str, argv: list[str], capsys) -> tuple[int, str]:
+    """(exit code, stdout + stderr) of ``python -m em_lightning.<entry> argv``, run in this
+    process the way ``python -m`` runs it (``launch`` with ``sys.argv`` set)."""
+    import importlib
+    import sys
+
+    from em_lightning.cli import launch
+
+    module = importlib.import_module(f"em_lightning.{entry}")
+    old = sys.argv
+    sys.argv = [f"em_lightning.{entry}", *argv]
+    try:
+        launch(module.main, entry)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        sys.argv = old
+    out = capsys.readouterr()
+    return code, out.out + out.err

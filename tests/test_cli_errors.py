@@ -13,28 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from em_lightning.cli import launch
+from tests import helpers
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_entry(entry: str, argv: list[str], tmp_path: Path, capsys) -> tuple[int, str]:
-    """(exit code, stdout + stderr) of ``python -m em_lightning.<entry> argv``, in-process."""
-    import importlib
-
-    module = importlib.import_module(f"em_lightning.{entry}")
-    old = sys.argv
-    sys.argv = [f"em_lightning.{entry}", f"paths.root_dir={tmp_path}",
-                f"hydra.run.dir={tmp_path / 'run'}", *argv]
-    try:
-        launch(module.main, entry)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        sys.argv = old
-    out = capsys.readouterr()
-    return code, out.out + out.err
+    """(exit code, stdout + stderr) of ``python -m em_lightning.<entry> argv``, in-process,
+    with data and outputs under ``tmp_path``."""
+    return helpers.run_entry(entry, [f"paths.root_dir={tmp_path}",
+                                     f"hydra.run.dir={tmp_path / 'run'}", *argv], capsys)
 
 
 TINY = ["task=vesicles", "experiment=tiny"]

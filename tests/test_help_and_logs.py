@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from em_lightning.cli import launch
 from em_lightning.evaluation.tables import compact_table, json_ready
 from em_lightning.quiet import output_to_debug, quiet_third_party
 from tests.conftest import compose_cfg
+from tests.helpers import run_entry
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,23 +40,6 @@ HELP_KEYS = {
 }
 #: keys that exist only with a task's data config (nanorods)
 TASK_KEYS = {"data.format": "nanorods"}
-
-
-def run_entry(entry: str, argv: list[str], capsys) -> tuple[int, str]:
-    import importlib
-
-    module = importlib.import_module(f"em_lightning.{entry}")
-    old = sys.argv
-    sys.argv = [f"em_lightning.{entry}", *argv]
-    try:
-        launch(module.main, entry)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        sys.argv = old
-    out = capsys.readouterr()
-    return code, out.out + out.err
 
 
 @pytest.mark.parametrize("entry", sorted(HELP_KEYS))
