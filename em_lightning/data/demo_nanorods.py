@@ -321,7 +321,7 @@ def ensure_nanorods_dataset(root: str | Path, **kw) -> bool:
     root = Path(root)
     if (root / "annotations" / "train.json").is_file():
         return False
-    log.info("nanorod demo dataset not found under %s; generating it (%s)", root, kw or "defaults")
+    log.debug("nanorod demo dataset not found under %s; generating it (%s)", root, kw or "defaults")
     generate_nanorods_dataset(root, **kw)
     return True
 

@@ -481,7 +481,7 @@ def ensure_vesicles_dataset(root: str | Path, **generator_kwargs) -> bool:
     root = Path(root)
     if (root / "annotations" / "train.json").exists():
         return False
-    log.info("Generating the synthetic vesicles demo dataset in %s", root.resolve())
+    log.debug("Generating the synthetic vesicles demo dataset in %s", root.resolve())
     generate_vesicles_dataset(root, **generator_kwargs)
     return True
 
