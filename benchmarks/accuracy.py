@@ -10,7 +10,7 @@ checkpoint (what the training writes to ``metrics.json``) with the budget each r
     .venv/bin/python benchmarks/accuracy.py --runs ... --heldout 12 --test-time-aug none d4
     .venv/bin/python benchmarks/accuracy.py --train --quick                      # smoke run
 
-The reference numbers are from real data (``README``); the targets are for the demo data and
+The reference numbers are from real data (``BENCHMARKS.md``); the targets are for the demo data and
 mean something only while the demo data stays as hard as the reference describes.
 
 The demo val split is 2 images (about 120 rods, 360 vesicles): APs move by +-0.03 between

@@ -3,7 +3,7 @@
 EM images have no preferred orientation, so a detector sees each image in several flipped or
 transposed views; the detections of all views are mapped back and fused. Fusing (rather than
 NMS) averages the box edges of the views and votes their masks, so boxes get tighter, and a
-detection seen in few views loses score (BENCHMARKS.md, "Test-time augmentation": held-out
+detection seen in few views loses score (docs/experiments.md, "Test-time augmentation": held-out
 rotated AP 0.107 -> 0.180 for d4 on a nanorods checkpoint). mmdet's own ``DetTTAModel``
 keeps one box per object by NMS and does not handle masks or rotated boxes, hence this module.
 """
