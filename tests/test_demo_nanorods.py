@@ -124,7 +124,7 @@ def test_scan_line_noise_is_along_rows() -> None:
 
 
 def test_ensure_generates_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="em_lightning.data.demo_nanorods"):
+    with caplog.at_level(logging.DEBUG, logger="em_lightning.data.demo_nanorods"):
         assert ensure_nanorods_dataset(tmp_path, **SMALL) is True
     assert "generating" in caplog.text
     assert (tmp_path / "annotations" / "train.json").is_file()

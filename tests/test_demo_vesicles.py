@@ -235,13 +235,13 @@ def test_polygons_are_dense_enough() -> None:
 def test_ensure_generates_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     kwargs = {"n_train": 1, "n_val": 1, "image_size": 96, "n_big": 2, "n_small": 6, "n_holes": 2}
     root = tmp_path / "demo"
-    with caplog.at_level(logging.INFO, logger="em_lightning.data.demo_vesicles"):
+    with caplog.at_level(logging.DEBUG, logger="em_lightning.data.demo_vesicles"):
         assert ensure_vesicles_dataset(root, **kwargs) is True
     assert "Generating" in caplog.text and str(root.resolve()) in caplog.text
     before = _files(root)
     assert len(before) == 5
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="em_lightning.data.demo_vesicles"):
+    with caplog.at_level(logging.DEBUG, logger="em_lightning.data.demo_vesicles"):
         assert ensure_vesicles_dataset(root, **kwargs) is False
     assert caplog.text == "" and _files(root) == before
 
