@@ -25,6 +25,10 @@ from em_lightning.errors import UserError
 log = logging.getLogger(__name__)
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 FULL_ERROR = "HYDRA_FULL_ERROR"
+# entry points that build the model of a checkpoint: its recorded settings by default
+FROM_CHECKPOINT = ("predict", "evaluate", "export")
+# lines for the run's log, found by launch before Hydra set up logging (logged by user_errors)
+_launch_notes: list[str] = []
 
 
 class ReportedError(SystemExit):
@@ -69,6 +73,8 @@ def user_errors(entry: str) -> Callable[[Callable[[DictConfig], Any]], Callable]
     def decorate(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
         @functools.wraps(task)
         def run(cfg: DictConfig) -> Any:
+            while _launch_notes:
+                log.info("%s", _launch_notes.pop(0))
             try:
                 return task(cfg)
             except Exception as exc:
@@ -128,8 +134,52 @@ def suggest_overrides(config_name: str, overrides: list[str]) -> list[str]:
     return lines
 
 
+def _checkpoint_arg(overrides: list[str]) -> str | None:
+    """The ``ckpt_path=`` of a command line (the last one), unquoted; None if absent."""
+    values = [o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("ckpt_path=")]
+    return values[-1].strip("'\"") if values and values[-1] not in ("", "null") else None
+
+
+def with_checkpoint_settings(entry: str, overrides: list[str]) -> list[str]:
+    """``overrides`` with the model settings the checkpoint records in front (the user's come
+    last and win), when the command names ``ckpt_path=`` and no ``task=``.
+
+    Raises :class:`UserError` for an unreadable checkpoint and for one without a record (a
+    plain mmdet/mmrotate file: its task and model must be given)."""
+    from em_lightning.errors import CheckpointError
+    from em_lightning.models.builder import read_checkpoint
+    from em_lightning.models.trained_config import checkpoint_overrides, override_key
+
+    _launch_notes.clear()
+    ckpt_path = _checkpoint_arg(overrides)
+    if ckpt_path is None or "${" in ckpt_path or \
+            any(override_key(o) == "task" for o in overrides if "=" in o):
+        return overrides
+    ckpt = read_checkpoint(ckpt_path)
+    record = ckpt.get("em_lightning_record") if isinstance(ckpt, dict) else None
+    if not (record or {}).get("config"):
+        raise CheckpointError(f"{ckpt_path} records no training config: pass "
+                              "task=vesicles|nanorods and the model overrides")
+    replayed = checkpoint_overrides(record, entry, overrides)
+    older = "" if "overrides" in record else \
+        " (an older checkpoint: it records no training command, only its task)"
+    _launch_notes.append(f"model settings from {ckpt_path}: {' '.join(replayed)}{older}")
+    return [*replayed, *overrides]
+
+
 def launch(hydra_main: Callable[[], Any], config_name: str) -> None:
-    """Run a ``@hydra.main`` function; on a failed start, suggest fixes for unknown keys."""
+    """Run a ``@hydra.main`` function; on a failed start, suggest fixes for unknown keys.
+
+    predict and evaluate first put the model settings a checkpoint records in front of the
+    command line (:func:`with_checkpoint_settings`)."""
+    if config_name in FROM_CHECKPOINT:
+        try:
+            sys.argv[1:] = with_checkpoint_settings(config_name, sys.argv[1:])
+        except UserError as err:
+            if os.environ.get(FULL_ERROR) == "1":
+                raise
+            print(error_message(err, config_name), file=sys.stderr, flush=True)
+            raise ReportedError(1) from None
     try:
         hydra_main()
     except SystemExit as exc:

@@ -2,7 +2,10 @@
 directory at fit start, and store the same record inside every checkpoint.
 
 A training resumed in its run directory keeps the first record and writes its own next to it
-(``run_record.resume-<n>.json``, with the checkpoint it resumed from)."""
+(``run_record.resume-<n>.json``, with the checkpoint it resumed from).
+
+The record also keeps the training command's Hydra overrides (``overrides``): predict, evaluate
+and export replay those that shape the model, so a checkpoint alone says how to rebuild it."""
 
 from __future__ import annotations
 
@@ -18,6 +21,21 @@ from pytorch_lightning.utilities import rank_zero_only
 from em_lightning import provenance
 
 log = logging.getLogger(__name__)
+
+
+def command_overrides(output_dir: str | None) -> list[str] | None:
+    """The overrides of the Hydra command running now (a resumed training: the resume
+    command's, which rebuild the same model); None outside one. A Hydra config left over from
+    an earlier command in this process (tests compose configs without Hydra's main) is told
+    apart by its output directory, which differs from this run's."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    if output_dir is not None and str(hydra_cfg.runtime.output_dir) != str(output_dir):
+        return None
+    return [str(o) for o in hydra_cfg.overrides.task]
 
 
 class RunRecord(pl.Callback):
@@ -43,6 +61,9 @@ class RunRecord(pl.Callback):
                 split: provenance.fingerprint_files(provenance.dataset_files(ds))
                 for split, ds in datasets.items()},
         }
+        overrides = command_overrides((self.config or {}).get("paths", {}).get("output_dir"))
+        if overrides is not None:
+            self.record["overrides"] = overrides
         resumed_from = (self.config or {}).get("ckpt_path")  # (trainer.ckpt_path: set later)
         if stage == "fit" and resumed_from:
             self.record["resumed_from"] = str(resumed_from)

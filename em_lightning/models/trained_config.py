@@ -6,6 +6,10 @@ other model overrides fails in ``load_state_dict`` with hundreds of tensor names
 record the error names the overrides to pass instead. Data settings that load fine but change
 what the model sees (image scale, class list) only warn: evaluating at another scale is a
 legitimate experiment, but by accident it quietly costs accuracy.
+
+:func:`checkpoint_overrides` picks, from the training command a checkpoint records, the
+overrides that rebuild its model: predict and evaluate put them in front of the user's own
+when no ``task=`` is given, so ``ckpt_path=`` alone is enough.
 """
 
 from __future__ import annotations
@@ -27,6 +31,41 @@ log = logging.getLogger(__name__)
 _FREE_DETECTOR_KEYS = ("test_cfg", "train_cfg", "init_cfg")
 _DATA_KEYS = ("classes", "image_size")
 _MAX_LISTED = 12
+# training overrides that decide the model or what it sees: config groups, the model's keys
+# (less where its initial weights came from: the checkpoint replaces them) and these data keys
+_REPLAYED_GROUPS = ("task", "experiment", "model", "data")
+_REPLAYED_DATA = ("data.classes", "data.image_size", "data.crop_size", "data.test_pipeline")
+_NOT_REPLAYED = ("model.backbone_checkpoint", "model.load_from")
+# evaluate also scores on the dataset the model was trained on, unless given another
+_EVALUATE_DATA = ("data.root", "data.format")
+
+
+def override_key(override: str) -> str:
+    """The dotted key of a Hydra override (``+a.b=1`` -> ``a.b``; ``model@x=y`` -> ``model``)."""
+    return override.split("=", 1)[0].lstrip("+~").split("@", 1)[0]
+
+
+def _replayed(key: str, entry: str) -> bool:
+    if key in _NOT_REPLAYED or any(key.startswith(k + ".") for k in _NOT_REPLAYED):
+        return False
+    data_keys = _REPLAYED_DATA + (_EVALUATE_DATA if entry == "evaluate" else ())
+    return key in _REPLAYED_GROUPS or key.startswith("model.") or \
+        any(key == k or key.startswith(k + ".") for k in data_keys)
+
+
+def checkpoint_overrides(record: dict, entry: str, user_overrides: list[str]) -> list[str]:
+    """The recorded training overrides that shape the model (for ``entry`` predict or
+    evaluate), less those the user sets too (the user's win). A record without the training
+    command (older checkpoints) gives its task alone."""
+    config = record.get("config") or {}
+    recorded = record.get("overrides")
+    if recorded is None:
+        recorded = [f"task={config['task_name']}"] if config.get("task_name") else []
+    mine = {override_key(o) for o in user_overrides if "=" in o and not o.startswith("-")}
+    if "data.root" in mine:  # another dataset: its format is the user's to give
+        mine.add("data.format")
+    return [o for o in recorded if "=" in o and _replayed(override_key(o), entry)
+            and override_key(o) not in mine]
 
 
 def _flatten(node: Any, prefix: str) -> dict[str, Any]:
@@ -93,6 +132,11 @@ def load_trained_weights(module: nn.Module, cfg: DictConfig) -> None:
     except RuntimeError as exc:
         if trained:
             hint = f"it was trained with task={trained.get('task_name')} " + _listing(diffs)
+            now = [as_override(key, new) for key, (_, new) in diffs.items()
+                   if key.startswith("model.")][:_MAX_LISTED]
+            if now:
+                hint += (f", this command has {' '.join(now)}: leave such model overrides out "
+                         "(without task=, predict and evaluate take them from the checkpoint)")
             run_overrides = Path(str(path)).parent.parent / ".hydra" / "overrides.yaml"
             if run_overrides.is_file():
                 hint += f"; the training command's overrides: {run_overrides}"
