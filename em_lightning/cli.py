@@ -152,9 +152,9 @@ def with_checkpoint_settings(entry: str, overrides: list[str]) -> list[str]:
 
     _launch_notes.clear()
     ckpt_path = _checkpoint_arg(overrides)
-    if ckpt_path is None or "${" in ckpt_path or \
-            any(override_key(o) == "task" for o in overrides if "=" in o):
-        return overrides
+    if ckpt_path is None or "${" in ckpt_path or not Path(ckpt_path).expanduser().is_file() \
+            or any(override_key(o) == "task" for o in overrides if "=" in o):
+        return overrides  # (a missing file: the entry point's own checks say so in order)
     ckpt = read_checkpoint(ckpt_path)
     record = ckpt.get("em_lightning_record") if isinstance(ckpt, dict) else None
     if not (record or {}).get("config"):
