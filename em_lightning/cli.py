@@ -148,7 +148,11 @@ def with_checkpoint_settings(entry: str, overrides: list[str]) -> list[str]:
     plain mmdet/mmrotate file: its task and model must be given)."""
     from em_lightning.errors import CheckpointError
     from em_lightning.models.builder import read_checkpoint
-    from em_lightning.models.trained_config import checkpoint_overrides, override_key
+    from em_lightning.models.trained_config import (
+        checkpoint_overrides,
+        override_key,
+        run_dir_overrides,
+    )
 
     _launch_notes.clear()
     ckpt_path = _checkpoint_arg(overrides)
@@ -160,9 +164,15 @@ def with_checkpoint_settings(entry: str, overrides: list[str]) -> list[str]:
     if not (record or {}).get("config"):
         raise CheckpointError(f"{ckpt_path} records no training config: pass "
                               "task=vesicles|nanorods and the model overrides")
+    older = ""
+    if "overrides" not in record:
+        found = run_dir_overrides(ckpt_path)
+        if found is not None:
+            record = {**record, "overrides": found}
+            older = " (an older checkpoint: the training command from its run's .hydra/)"
+        else:
+            older = " (an older checkpoint: it records no training command, only its task)"
     replayed = checkpoint_overrides(record, entry, overrides)
-    older = "" if "overrides" in record else \
-        " (an older checkpoint: it records no training command, only its task)"
     _launch_notes.append(f"model settings from {ckpt_path}: {' '.join(replayed)}{older}")
     return [*replayed, *overrides]
 

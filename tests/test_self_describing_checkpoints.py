@@ -133,3 +133,46 @@ def test_exported_model_predicts_alone_like_the_checkpoint(trained, tmp_path, ca
     full = _full_command_objects(trained, capsys)
     alone, _ = _predict(trained, "exported", model, [], capsys)
     pd.testing.assert_frame_equal(alone, full)
+
+
+def test_replayed_overrides_are_those_that_shape_the_model(tmp_path):
+    from em_lightning.models.trained_config import checkpoint_overrides, run_dir_overrides
+
+    record = {"config": {"task_name": "nanorods"}, "overrides": [
+        "task=nanorods", "experiment=tiny", "model=oriented_rcnn", "+model.detector.x=1",
+        "model.detector.backbone.depth=34", "model.load_from=coco", "data.classes=[nanorod]",
+        "data.image_size=256", "data.root=/data/rods", "data.format=dota", "data.batch_size=4",
+        "trainer.max_epochs=50", "logger=wandb", "seed=3", "paths.root_dir=/x"]}
+    shaping = ["task=nanorods", "experiment=tiny", "model=oriented_rcnn", "+model.detector.x=1",
+               "model.detector.backbone.depth=34", "data.classes=[nanorod]",
+               "data.image_size=256"]
+    assert checkpoint_overrides(record, "predict", ["input=a.tif"]) == shaping
+    # evaluate scores the training data, unless given another dataset (its format then too)
+    assert checkpoint_overrides(record, "evaluate", []) == \
+        [*shaping, "data.root=/data/rods", "data.format=dota"]
+    assert checkpoint_overrides(record, "evaluate", ["data.root=/other"]) == shaping
+    # the user's own values win: theirs are not doubled
+    assert checkpoint_overrides(record, "predict", ["experiment=vesicles_default_cpu",
+                                                    "data.image_size=512"]) == \
+        [o for o in shaping if not o.startswith(("experiment=", "data.image_size="))]
+    # an older record: its task alone, or the run directory's .hydra/overrides.yaml
+    older = {"config": {"task_name": "nanorods"}}
+    assert checkpoint_overrides(older, "predict", []) == ["task=nanorods"]
+    (tmp_path / "run" / ".hydra").mkdir(parents=True)
+    (tmp_path / "run" / ".hydra" / "overrides.yaml").write_text(
+        "- task=nanorods\n- experiment=tiny\n- trainer.max_epochs=1\n")
+    found = run_dir_overrides(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert found == ["task=nanorods", "experiment=tiny", "trainer.max_epochs=1"]
+    assert checkpoint_overrides({**older, "overrides": found}, "predict", []) == \
+        ["task=nanorods", "experiment=tiny"]
+    assert run_dir_overrides(tmp_path / "elsewhere" / "model.pt") is None
+
+
+def test_older_checkpoint_uses_its_run_directorys_command(trained, capsys):
+    ckpt = torch.load(trained["ckpt"], map_location="cpu", weights_only=False)
+    del ckpt["em_lightning_record"]["overrides"]  # as written before the record kept them
+    older = trained["ckpt"].parent / "older.ckpt"
+    torch.save(ckpt, older)
+    objects, text = _predict(trained, "older", older, [], capsys)
+    pd.testing.assert_frame_equal(objects, _full_command_objects(trained, capsys))
+    assert "the training command from its run's .hydra/" in text

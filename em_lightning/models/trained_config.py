@@ -53,14 +53,25 @@ def _replayed(key: str, entry: str) -> bool:
         any(key == k or key.startswith(k + ".") for k in data_keys)
 
 
+def run_dir_overrides(ckpt_path: str | Path) -> list[str] | None:
+    """The training command's overrides kept by Hydra beside a checkpoint in its run
+    directory (``<run>/.hydra/overrides.yaml``), for records older than their ``overrides``."""
+    path = Path(str(ckpt_path)).expanduser().parent.parent / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return None
+    loaded = OmegaConf.to_container(OmegaConf.load(path))
+    return [str(o) for o in loaded] if isinstance(loaded, list) else None
+
+
 def checkpoint_overrides(record: dict, entry: str, user_overrides: list[str]) -> list[str]:
-    """The recorded training overrides that shape the model (for ``entry`` predict or
-    evaluate), less those the user sets too (the user's win). A record without the training
-    command (older checkpoints) gives its task alone."""
+    """The recorded training overrides that shape the model (for ``entry`` predict, evaluate
+    or export), less those the user sets too (the user's win). A record without the training
+    command (older checkpoints, outside their run directory) gives its task alone."""
     config = record.get("config") or {}
     recorded = record.get("overrides")
     if recorded is None:
         recorded = [f"task={config['task_name']}"] if config.get("task_name") else []
+    recorded = [str(o) for o in recorded]
     mine = {override_key(o) for o in user_overrides if "=" in o and not o.startswith("-")}
     if "data.root" in mine:  # another dataset: its format is the user's to give
         mine.add("data.format")
