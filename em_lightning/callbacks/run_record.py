@@ -33,7 +33,10 @@ def command_overrides(output_dir: str | None) -> list[str] | None:
     if not HydraConfig.initialized():
         return None
     hydra_cfg = HydraConfig.get()
-    if output_dir is not None and str(hydra_cfg.runtime.output_dir) != str(output_dir):
+    # a `--help` run leaves a Hydra config whose output dir was never set ('???')
+    current = OmegaConf.select(hydra_cfg, "runtime.output_dir", default=None,
+                               throw_on_missing=False)
+    if current is None or (output_dir is not None and str(current) != str(output_dir)):
         return None
     return [str(o) for o in hydra_cfg.overrides.task]
 
