@@ -115,14 +115,13 @@ def suggest_overrides(config_name: str, overrides: list[str]) -> list[str]:
             cfg = compose(config_name, overrides=chosen)
     except Exception:  # noqa: BLE001 - a suggestion is a courtesy; Hydra's error stands
         return []
-    container = OmegaConf.to_container(cfg, resolve=False)
-    known = list(_flat_keys(container)) + sorted(groups)
+    keys = list(_flat_keys(OmegaConf.to_container(cfg, resolve=False)))
+    existing = set(keys)  # also the required (???) ones, which a select() reports as absent
+    known = keys + sorted(groups)
     lines = []
     for override in plain:
         key = override.split("=", 1)[0]
-        absent = "\0absent"
-        if "/" in key or key in groups or key.startswith("hydra.") or \
-                OmegaConf.select(cfg, key, default=absent, throw_on_missing=False) != absent:
+        if "/" in key or key in groups or key.startswith("hydra.") or key in existing:
             continue
         close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
         if close:

@@ -143,13 +143,17 @@ EVALUATE: dict[str, Check] = {"splits": splits, "score_thr": unit_interval}
 ANALYZE: dict[str, Check] = {"pixel_size_nm": optional(positive),
                              "score_thr": optional(unit_interval)}
 RULES = {"train": {**COMMON, **TRAIN}, "evaluate": {**COMMON, **EVALUATE},
-         "predict": {**COMMON, **PREDICT}, "analyze": {**COMMON, **ANALYZE}}
+         "predict": {**COMMON, **PREDICT}, "analyze": {**COMMON, **ANALYZE},
+         "export": COMMON}
 REQUIRED = {
     "evaluate": {"ckpt_path": "the checkpoint to evaluate, e.g. "
                               "ckpt_path=outputs/vesicles/runs/<time>/checkpoints/last.ckpt"},
     "predict": {"ckpt_path": "the trained checkpoint, e.g. "
                              "ckpt_path=outputs/vesicles/runs/<time>/checkpoints/last.ckpt",
                 "input": "the images: a folder, a quoted glob ('imgs/*.tif') or one file"},
+    "export": {"ckpt_path": "the checkpoint to export, e.g. "
+                            "ckpt_path=outputs/vesicles/runs/<time>/checkpoints/last.ckpt",
+               "output": "the model file to write, e.g. output=vesicles.pt"},
 }
 #: detector thresholds (anywhere under model.detector) that are fractions or IoUs
 DETECTOR_FRACTIONS = frozenset({"score_thr", "iou_threshold", "pos_iou_thr", "neg_iou_thr",

@@ -21,6 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from em_lightning.cli import launch, user_errors
+from em_lightning.config_checks import check_config
 from em_lightning.errors import CheckpointError, ConfigError
 from em_lightning.inference.engine import normalize_mode
 from em_lightning.models.builder import read_checkpoint, state_dict_of
@@ -45,6 +46,7 @@ def model_description(config: dict) -> dict[str, Any]:
 
 def export(cfg: DictConfig) -> Path:
     """Write ``cfg.output`` from ``cfg.ckpt_path``; returns the written path."""
+    check_config(cfg, "export")
     source = Path(str(cfg.ckpt_path)).expanduser()
     out = Path(str(cfg.output)).expanduser()
     if out.resolve() == source.resolve():

@@ -79,6 +79,8 @@ def test_a_missing_data_root_is_one_message(tmp_path, capsys):
     ("evaluate", [], "ckpt_path: is required"),
     ("evaluate", ["ckpt_path=x.ckpt", "splits=[vla]"], "splits: must be a non-empty list"),
     ("analyze", ["score_thr=-0.5"], "score_thr: must be a number in [0, 1], got -0.5"),
+    ("export", ["output=m.pt"], "ckpt_path: is required: the checkpoint to export"),
+    ("export", ["ckpt_path=x.ckpt"], "output: is required: the model file to write"),
 ])
 def test_entry_point_settings(entry, argv, expected, tmp_path, capsys):
     code, out = run_entry(entry, ["task=vesicles", *argv], tmp_path, capsys)
@@ -114,6 +116,16 @@ def test_a_misspelt_override_keeps_hydras_error_and_suggests(tmp_path, capsys):
     assert code == 1
     assert "Could not override 'trainer.max_epoch'" in out  # Hydra's own words stay
     assert "did you mean trainer.max_epochs?" in out
+
+
+def test_only_the_misspelt_key_gets_a_suggestion(tmp_path, capsys):
+    """Keys that exist, required (???) ones included, are not flagged beside the typo."""
+    code, out = run_entry("predict", TINY + ["ckpt_path=x.ckpt", "input=y", "scor_thr=0.3"],
+                          tmp_path, capsys)
+    assert code == 1
+    assert "did you mean score_thr?" in out
+    assert "ckpt_path is not a setting" not in out and "did you mean ckpt_path" not in out
+    assert "did you mean input" not in out
 
 
 def _python_m(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
