@@ -53,10 +53,16 @@ def _replayed(key: str, entry: str) -> bool:
         any(key == k or key.startswith(k + ".") for k in data_keys)
 
 
+def run_overrides_file(ckpt_path: str | Path) -> Path:
+    """Where Hydra kept the training command's overrides for a checkpoint in its run
+    directory: ``<run>/checkpoints/x.ckpt`` -> ``<run>/.hydra/overrides.yaml``."""
+    return Path(str(ckpt_path)).expanduser().parent.parent / ".hydra" / "overrides.yaml"
+
+
 def run_dir_overrides(ckpt_path: str | Path) -> list[str] | None:
     """The training command's overrides kept by Hydra beside a checkpoint in its run
-    directory (``<run>/.hydra/overrides.yaml``), for records older than their ``overrides``."""
-    path = Path(str(ckpt_path)).expanduser().parent.parent / ".hydra" / "overrides.yaml"
+    directory (:func:`run_overrides_file`), for records older than their ``overrides``."""
+    path = run_overrides_file(ckpt_path)
     if not path.is_file():
         return None
     loaded = OmegaConf.to_container(OmegaConf.load(path))
@@ -148,7 +154,7 @@ def load_trained_weights(module: nn.Module, cfg: DictConfig) -> None:
             if now:
                 hint += (f", this command has {' '.join(now)}: leave such model overrides out "
                          "(without task=, predict and evaluate take them from the checkpoint)")
-            run_overrides = Path(str(path)).parent.parent / ".hydra" / "overrides.yaml"
+            run_overrides = run_overrides_file(path)
             if run_overrides.is_file():
                 hint += f"; the training command's overrides: {run_overrides}"
         else:
