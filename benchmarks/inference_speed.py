@@ -286,7 +286,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> list[list]:
+    """Prints both tables; returns the ratio rows (task, baseline, ratio, CLI ratio)."""
     args = parse_args(argv)
     quiet()
     print(hardware(), flush=True)
@@ -310,6 +311,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print()
     print_table(["task", "baseline", "throughput ratio: em_lightning predictor / baseline",
                  "whole em_lightning.predict (CLI) / baseline"], ratios)
+    return ratios
 
 
 if __name__ == "__main__":

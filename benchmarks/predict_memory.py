@@ -141,14 +141,15 @@ def run_side(side: str, task: str, args: argparse.Namespace) -> dict:
     return row
 
 
-def small_images(n: int, folder: Path, seed: int = 0) -> Path:
-    """``n`` PNGs of 64-128 px (random side) with dark discs on a noisy background."""
+def small_images(n: int, folder: Path, seed: int = 0, sides: tuple[int, int] = (64, 128)
+                 ) -> Path:
+    """``n`` PNGs of ``sides`` px (random side) with dark discs on a noisy background."""
     import cv2
 
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     for k in range(n):
-        h, w = (int(v) for v in rng.integers(64, 129, 2))
+        h, w = (int(v) for v in rng.integers(sides[0], sides[1] + 1, 2))
         img = rng.normal(170, 12, (h, w))
         for _ in range(int(rng.integers(3, 12))):
             centre = (int(rng.integers(0, w)), int(rng.integers(0, h)))

@@ -16,7 +16,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 #: in order of priority; each script takes --help and --quick
-SCRIPTS = ("train_throughput", "inference_speed", "eval_speed", "memory", "predict_memory")
+SCRIPTS = ("train_throughput", "inference_speed", "eval_speed", "memory", "predict_memory",
+           "predict_processes")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

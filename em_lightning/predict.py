@@ -13,6 +13,8 @@ Each image's results are written as it finishes (``parts/``, ``manifest/``; see
 :mod:`em_lightning.inference.parts`), and the tables are built from them at the end: the same
 command on the same ``output=`` continues an interrupted run, ``report_only=true`` rebuilds the
 tables alone, and ``shard=i/K`` splits the images over K jobs writing into one folder.
+``trainer=ddp trainer.devices=N`` predicts on N GPUs (or CPU processes) through Lightning
+(:mod:`em_lightning.inference.distributed`); rank 0 builds the tables.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from em_lightning.cli import launch, user_errors
 from em_lightning.config_checks import check_config
 from em_lightning.data.errors import DataError
 from em_lightning.data.layout import check_output_outside
+from em_lightning.inference.distributed import distributed_trainer, predict_on_ranks
 from em_lightning.inference.engine import ModelRunner, TiledPredictor, normalize_mode
 from em_lightning.inference.exports import EXPORT_DIR, check_export, export_annotations
 from em_lightning.inference.inputs import image_name, list_inputs, read_images
@@ -98,22 +101,31 @@ def _fingerprint(path: Path) -> dict | None:
 
 
 def run_images(cfg: DictConfig, store: ResultStore, files: list[Path], names: list[str],
-               fingerprints: dict[str, dict | None]) -> int:
+               fingerprints: dict[str, dict | None], model: torch.nn.Module | None = None,
+               device: torch.device | None = None, rank: tuple[int, int] = (0, 1)) -> int:
     """Predict every file of ``files`` without a current result, writing each image's parts
-    and record as it finishes (nothing is kept per image); returns the number predicted."""
+    and record as it finishes (nothing is kept per image); returns the number predicted.
+
+    ``model``/``device``: given by the distributed path (each rank's own); by default the
+    checkpoint's model on ``device=``. ``rank``: (rank, world size), for the progress bar.
+    """
+    for path, name in zip(files, names):
+        if name not in fingerprints:
+            fingerprints[name] = _fingerprint(path)
     todo = [(f, n) for f, n in zip(files, names) if not store.is_done(n, fingerprints[n])]
     done = len(files) - len(todo)
     if done:
         log.info("%s: %d of %d images already done with these settings; %d to do",
                  store.out_dir, done, len(files), len(todo))
-    bar = tqdm(total=len(files), initial=done, desc="images", unit="img")
+    desc = "images" if rank[1] == 1 else f"images (rank {rank[0]} of {rank[1]})"
+    bar = tqdm(total=len(files), initial=done, desc=desc, unit="img")
     if not todo:
         bar.close()
         return 0
     classes = list(cfg.data.classes)
     pipeline = OmegaConf.to_container(cfg.data.test_pipeline, resolve=True)
-    device = pick_device(str(cfg.device))
-    runner = ModelRunner(load_model(cfg), pipeline, cfg.data.scope, float(cfg.scale),
+    device = device or pick_device(str(cfg.device))
+    runner = ModelRunner(model or load_model(cfg), pipeline, cfg.data.scope, float(cfg.scale),
                          float(cfg.score_thr), device)
     predictor = TiledPredictor(runner, cfg.tile.size, int(cfg.tile.overlap),
                                int(cfg.batch_size), int(cfg.tile.margin),
@@ -174,11 +186,26 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     fingerprints: dict[str, dict | None] = {}
     if not report_only:
         mine = [k for k in range(len(files)) if k % count == index]
-        for k in mine:
-            fingerprints[names[k]] = _fingerprint(files[k])
-        n_new = run_images(cfg, store, [files[k] for k in mine], [names[k] for k in mine],
-                           fingerprints)
+        trainer = distributed_trainer(cfg.trainer, out_dir)
+        if trainer is None:
+            n_new = run_images(cfg, store, [files[k] for k in mine], [names[k] for k in mine],
+                               fingerprints)
+        else:
+            def share(model: torch.nn.Module, device: torch.device, rank: int, world: int
+                      ) -> int:
+                ks = mine[rank::world]
+                return run_images(cfg, store, [files[k] for k in ks], [names[k] for k in ks],
+                                  fingerprints, model, device, (rank, world))
+
+            log.info("predicting on %d processes (%s)", trainer.world_size,
+                     type(trainer.strategy).__name__)
+            is_zero, n_new = predict_on_ranks(trainer, load_model(cfg), share)
+            if not is_zero:  # rank 0 builds the tables from every rank's parts
+                return {"rank": trainer.global_rank, "n_predicted": n_new}
         if count > 1:
+            for k in mine:
+                if names[k] not in fingerprints:  # the other ranks' share
+                    fingerprints[names[k]] = _fingerprint(files[k])
             done = sum(store.is_done(names[k], fingerprints[names[k]]) for k in mine)
             log.info("shard %d/%d: %d of its %d images done (%d in this run); when every "
                      "shard is done, build the tables with the same command and "

@@ -164,3 +164,52 @@ def test_shards_then_merge_equal_one_run(reference, images, untrained_ckpt,  # n
     summary = run_inline(overrides(untrained_ckpt, images, out, "report_only=true"))
     assert summary["n_pending"] == 0
     assert_same_tables(reference, out)
+
+
+def assert_same_objects(a: Path, b: Path) -> None:
+    """The same objects, measurements and summaries; floats to 1e-5 relative (a run with
+    another number of threads per process moves scores by a float32 step)."""
+    for name in ("objects.csv", "summary_per_image.csv", "summary_dataset.csv", "images.csv"):
+        pd.testing.assert_frame_equal(pd.read_csv(a / name), pd.read_csv(b / name),
+                                      check_exact=False, rtol=1e-5, obj=name)
+    ra, rb = (json.loads((d / "coco_results.json").read_text()) for d in (a, b))
+    assert [(r["image_id"], r["category_id"]) for r in ra] == \
+        [(r["image_id"], r["category_id"]) for r in rb]
+    assert [r["score"] for r in rb] == pytest.approx([r["score"] for r in ra], rel=1e-5)
+
+
+def test_two_processes_predict_the_same_objects_as_one(reference, images,
+                                                       untrained_ckpt,  # noqa: F811
+                                                       tmp_path):
+    """``trainer=ddp trainer.devices=2`` on CPU (gloo): two ranks, one set of tables."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "em_lightning.predict",
+           *overrides(untrained_ckpt, images, out, "trainer=ddp", "trainer.accelerator=cpu",
+                      "trainer.devices=2")]
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "predicting on 2 processes (DDPStrategy)" in proc.stdout + proc.stderr
+    devices = {json.loads(p.read_text()).get("device") for p in (out / "manifest").glob("*.json")
+               if p.name != "settings.json"}
+    assert devices == {"cpu"}
+    assert len(records(out)) == N_IMAGES
+    assert_same_objects(reference, out)
+
+
+def test_shards_through_hydra_parallel_launcher(reference, images, untrained_ckpt,  # noqa: F811
+                                                tmp_path):
+    """``-m shard=0/2,1/2 hydra/launcher=parallel`` (two joblib processes, one folder), then
+    the merge with ``report_only=true``: the tables of one run."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "em_lightning.predict", "-m",
+           *overrides(untrained_ckpt, images, out, "shard=0/2,1/2",
+                      "hydra/launcher=parallel", f"hydra.sweep.dir={tmp_path / 'sweep'}")]
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(records(out)) == N_IMAGES
+    assert not (out / "objects.csv").exists()  # shards leave the tables to the merge
+    summary = run_inline(overrides(untrained_ckpt, images, out, "report_only=true"))
+    assert summary["n_images"] == N_IMAGES and summary["n_pending"] == 0
+    assert_same_objects(reference, out)
